@@ -1,0 +1,302 @@
+"""Table 1 of Santoro et al. (2016): 5-way one-hot episodes on held-out Omniglot.
+
+Stages (each resumable; checkpoints in ``benchmarks/runs/``)::
+
+    python benchmarks/table1.py train --model mann --max-minutes 50
+    python benchmarks/table1.py train --model lstm --max-minutes 10
+    python benchmarks/table1.py evaluate
+
+``evaluate`` runs the trained MANN and LSTM and the kNN baselines on the same
+held-out episodes (characters 1201-1623, never seen in meta-training) and
+writes ``benchmarks/results/table1.{json,md,png}`` plus the training curves
+(``table1_training.png``); ``--export`` also writes the MANN weights to
+``sk_mann/pretrained/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import RESULTS, RUNS, REPO, default_data_home, metadata, write_json
+from sk_mann.baselines import RiverKNN, SklearnKNN, evaluate_online
+from sk_mann.datasets import fetch_omniglot
+from sk_mann.episodes import EpisodeSampler
+from sk_mann.metrics import evaluate_network
+from sk_mann.model import build_network
+from sk_mann.training import meta_train
+
+N_WAY, N_PER_CLASS, IMAGE = 5, 10, 20
+INSTANCES = tuple(range(1, 11))
+TABLE_INSTANCES = (1, 2, 3, 4, 5, 10)
+EVAL_SEED = 2016
+
+#: Networks meta-trained here. Labels say which rows are baselines.
+MODELS = {
+    "mann": {
+        "label": "MANN (LSTM controller, LRUA)",
+        "network": "mann",
+        "kwargs": {
+            "controller": "lstm",
+            "controller_size": 200,
+            "n_slots": 128,
+            "slot_size": 40,
+            "n_reads": 4,
+            "gamma": 0.95,
+            "read_feedback": True,
+            "write_content": "key",
+            "read_after_write": True,
+        },
+        "train": {"batch_size": 16, "optimizer": "adam", "lr": 1e-3, "clip_value": 10.0},
+    },
+    "lstm": {
+        "label": "[baseline] LSTM",
+        "network": "lstm",
+        "kwargs": {"hidden_size": 200},
+        "train": {"batch_size": 16, "optimizer": "adam", "lr": 1e-3, "clip_value": 10.0},
+    },
+}
+
+PAPER = {
+    "Human (paper)": [34.5, 57.3, 70.1, 71.8, 81.4, 92.4],
+    "Feed-forward (paper)": [24.4, 19.6, 21.1, 19.9, 22.8, 19.5],
+    "LSTM (paper)": [24.4, 49.5, 55.3, 61.0, 63.6, 62.5],
+    "MANN (paper)": [36.4, 82.8, 91.0, 92.6, 94.9, 98.1],
+}
+
+
+def samplers(data_home: str) -> tuple[EpisodeSampler, EpisodeSampler]:
+    """Training sampler (1200 characters, rotations, jitter) and held-out sampler."""
+    X_tr, y_tr = fetch_omniglot(data_home=data_home, subset="train", return_X_y=True)
+    X_te, y_te = fetch_omniglot(data_home=data_home, subset="test", return_X_y=True)
+    train = EpisodeSampler(
+        X_tr, y_tr, n_way=N_WAY, n_per_class=N_PER_CLASS, image_shape=(IMAGE, IMAGE),
+        rotate_classes=True, augment=True,
+    )
+    test = EpisodeSampler(X_te, y_te, n_way=N_WAY, n_per_class=N_PER_CLASS)
+    return train, test
+
+
+def make_network(name: str) -> torch.nn.Module:
+    spec = MODELS[name]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return build_network(spec["network"], IMAGE * IMAGE, N_WAY, N_WAY, **spec["kwargs"])
+
+
+def train(args: argparse.Namespace) -> None:
+    train_s, test_s = samplers(args.data_home)
+    module = make_network(args.model)
+    net = meta_train(
+        module,
+        train_s,
+        n_episodes=args.episodes,
+        batches_per_epoch=100,
+        eval_sampler=test_s,
+        eval_episodes=500,
+        eval_every=5,
+        seed=0,
+        checkpoint_dir=RUNS / f"table1_{args.model}",
+        max_time=args.max_minutes * 60,
+        progress_bar=False,
+        **MODELS[args.model]["train"],
+    )
+    print(f"done: {len(net.history)} epochs")
+
+
+def load_trained(name: str) -> tuple[torch.nn.Module, list[dict]]:
+    ckpt = RUNS / f"table1_{name}"
+    module = make_network(name)
+    module.load_state_dict(torch.load(ckpt / "params.pt", weights_only=True))
+    history = json.loads((ckpt / "history.json").read_text())
+    return module, history
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    _, test_s = samplers(args.data_home)
+    results, timings, histories = {}, {}, {}
+    batch = 16 * MODELS["mann"]["train"]["batch_size"]
+    for name in MODELS:
+        module, history = load_trained(name)
+        histories[name] = history
+        t0 = time.perf_counter()
+        res = evaluate_network(module, test_s, n_episodes=args.episodes, seed=EVAL_SEED,
+                               batch_size=batch, instances=INSTANCES)
+        timings[name] = time.perf_counter() - t0
+        res["episodes_trained"] = len(history) * 100 * MODELS[name]["train"]["batch_size"]
+        res["train_wall_seconds"] = float(sum(h["dur"] for h in history))
+        results[MODELS[name]["label"]] = res
+        print(name, np.round(100 * np.array(res["accuracy"]), 1))
+    for label, learner, n in [
+        ("[baseline] kNN raw pixels (scikit-learn, k=1)", SklearnKNN(1), args.episodes),
+        ("[baseline] kNN raw pixels (River, k=1)", RiverKNN(1), args.river_episodes),
+    ]:
+        t0 = time.perf_counter()
+        res = evaluate_online(learner, test_s, n_episodes=n, seed=EVAL_SEED,
+                              batch_size=batch, instances=INSTANCES)
+        timings[label] = time.perf_counter() - t0
+        results[label] = res
+        print(label, np.round(100 * np.array(res["accuracy"]), 1))
+    payload = {
+        "benchmark": "table1",
+        "protocol": {
+            "classes_per_episode": N_WAY, "samples_per_class": N_PER_CLASS,
+            "labels": "onehot", "image_size": IMAGE, "split": "paper (train 1-1200, test 1201-1623)",
+            "train_augmentation": "90-degree rotations as new classes; shift +-10/105 of the side and rotation +-11.25 deg",
+            "eval_episodes": args.episodes, "eval_seed": EVAL_SEED,
+        },
+        "models": {k: {**v, "kwargs": v["kwargs"]} for k, v in MODELS.items()},
+        "results": results,
+        "paper": PAPER,
+        "eval_seconds": timings,
+        **metadata(),
+    }
+    write_json("table1", payload)
+    write_markdown(payload)
+    plot_results(payload)
+    plot_training(histories)
+    if args.export:
+        export_weights(payload)
+
+
+def _row(values: list[float]) -> str:
+    return " | ".join(f"{v:.1f}" for v in values)
+
+
+def write_markdown(payload: dict) -> None:
+    idx = [INSTANCES.index(k) for k in TABLE_INSTANCES]
+    lines = [
+        "# Table 1: 5-way one-hot episodes, held-out Omniglot characters",
+        "",
+        "Per-instance accuracy (%) on "
+        f"{payload['protocol']['eval_episodes']} episodes of held-out characters "
+        "(95% CI half-width in parentheses for the 2nd instance).",
+        "",
+        "| model | episodes trained | 1st | 2nd | 3rd | 4th | 5th | 10th | 2nd CI |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, res in payload["results"].items():
+        acc = [100 * res["accuracy"][i] for i in idx]
+        ci = 100 * res["ci95"][1]
+        trained = res.get("episodes_trained", "-")
+        lines.append(f"| {label} | {trained} | {_row(acc)} | +-{ci:.1f} |")
+    for label, acc in payload["paper"].items():
+        lines.append(f"| {label} | 100,000 (batches?) | {_row(acc)} | |")
+    lines += [
+        "",
+        f"Produced by `{payload['command']}` on {payload['date']} "
+        f"({payload['machine']['cpu_count']} CPUs, torch {payload['versions']['torch']}, "
+        f"commit {payload['git_commit']}).",
+        "",
+        "![accuracy per instance](table1.png)",
+        "",
+        "![training curves](table1_training.png)",
+    ]
+    (RESULTS / "table1.md").write_text("\n".join(lines) + "\n")
+
+
+def plot_results(payload: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, res in payload["results"].items():
+        acc = 100 * np.array(res["accuracy"])
+        ci = 100 * np.array(res["ci95"])
+        ax.errorbar(INSTANCES, acc, yerr=ci, marker="o", capsize=3, label=label)
+    for label, acc in payload["paper"].items():
+        if label.startswith(("MANN", "LSTM")):
+            ax.plot(TABLE_INSTANCES, acc, ls="--", color="grey", alpha=0.8, marker="x")
+            ax.annotate(label, (TABLE_INSTANCES[-1], acc[-1]), fontsize=7, color="grey")
+    ax.set_xlabel("instance of the class in the episode")
+    ax.set_ylabel("accuracy on held-out characters (%)")
+    ax.set_ylim(0, 100)
+    ax.set_xticks(INSTANCES)
+    ax.set_title("5-way Omniglot, one-hot labels (dashed: paper)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "table1.png", dpi=120)
+    plt.close(fig)
+
+
+def plot_training(histories: dict[str, list[dict]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, hist in histories.items():
+        eps = np.arange(1, len(hist) + 1) * 100 * MODELS[name]["train"]["batch_size"]
+        ax1.plot(eps, [h["train_loss"] for h in hist], label=MODELS[name]["label"])
+        pts = [(e, h["heldout_acc_2"]) for e, h in zip(eps, hist) if "heldout_acc_2" in h]
+        if pts:
+            ax2.plot(*zip(*pts), marker=".", label=MODELS[name]["label"])
+    ax1.axhline(np.log(5), ls=":", color="grey", label="ln 5 (chance)")
+    ax1.set_xlabel("training episodes")
+    ax1.set_ylabel("training loss (per step)")
+    ax1.legend(fontsize=7)
+    ax2.axhline(82.8, ls="--", color="grey", label="paper MANN, 2nd instance")
+    ax2.set_xlabel("training episodes")
+    ax2.set_ylabel("held-out accuracy, 2nd instance (%)")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "table1_training.png", dpi=120)
+    plt.close(fig)
+    for name, hist in histories.items():
+        write_json(f"table1_training_{name}", {"history": hist})
+
+
+def export_weights(payload: dict) -> None:
+    module, history = load_trained("mann")
+    out = REPO / "sk_mann" / "pretrained"
+    out.mkdir(exist_ok=True)
+    torch.save(module.state_dict(), out / "omniglot_5way.pt")
+    res = payload["results"][MODELS["mann"]["label"]]
+    manifest = {
+        "name": "omniglot_5way",
+        "network": "mann",
+        "n_inputs": IMAGE * IMAGE,
+        "labels": "onehot",
+        "n_way": N_WAY,
+        "kwargs": MODELS["mann"]["kwargs"],
+        "training": {**MODELS["mann"]["train"], "episodes": res["episodes_trained"],
+                     "wall_seconds": res["train_wall_seconds"],
+                     "data": "Omniglot characters 1-1200 (paper split), 20x20, max-normalised",
+                     "augmentation": payload["protocol"]["train_augmentation"]},
+        "heldout_accuracy": dict(zip(map(str, INSTANCES), res["accuracy"])),
+        "input": "20x20 Omniglot-style image, strokes=1, background=0, max-normalised, flattened",
+        "produced_by": payload["command"],
+        "date": payload["date"],
+        "git_commit": payload["git_commit"],
+    }
+    (out / "omniglot_5way.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["train", "evaluate"])
+    p.add_argument("--model", choices=list(MODELS), default="mann")
+    p.add_argument("--episodes", type=int, default=None,
+                   help="train: total episodes (default 1,600,000); evaluate: held-out episodes (default 1000)")
+    p.add_argument("--river-episodes", type=int, default=1000)
+    p.add_argument("--max-minutes", type=float, default=60.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data-home", default=default_data_home())
+    p.add_argument("--export", action="store_true", help="write the MANN weights to sk_mann/pretrained")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.episodes is None:
+        args.episodes = 1_600_000 if args.stage == "train" else 1000
+    train(args) if args.stage == "train" else evaluate(args)
+
+
+if __name__ == "__main__":
+    main()

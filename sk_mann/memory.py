@@ -1,0 +1,287 @@
+"""Least-Recently-Used-Access (LRUA) memory as pure functions.
+
+Each function implements one equation of Santoro et al. (2016), section 3.2
+("Least Recently Used Access"). They take tensors and return tensors; the
+recurrent state is an explicit :class:`MemoryState` value that is passed in and
+returned, never stored on an object. Shapes use these names:
+
+``batch``
+    number of independent episodes processed together,
+``heads``
+    number of read heads (``n_reads``; each head also writes),
+``slots``
+    number of memory rows (``n_slots``),
+``width``
+    size of a memory row (``slot_size``).
+
+Raw controller outputs are squashed in :mod:`sk_mann.model`; the functions here
+assume valid ranges (``gate`` in ``[0, 1]``).
+
+References
+----------
+Santoro, A., Bartunov, S., Botvinick, M., Wierstra, D., Lillicrap, T. (2016).
+One-shot Learning with Memory-Augmented Neural Networks. arXiv:1605.06065.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "MemoryState",
+    "cosine_similarity",
+    "erase_least_used",
+    "initial_state",
+    "least_used_weights",
+    "lrua_step",
+    "read",
+    "read_weights",
+    "update_usage",
+    "write",
+    "write_weights",
+]
+
+#: Guard added to norms in the cosine similarity (eq. 2).
+_EPS = 1e-8
+#: Value every memory cell starts with, so cosine norms are non-zero.
+MEMORY_INIT = 1e-6
+
+
+class MemoryState(NamedTuple):
+    """Recurrent state of the LRUA memory between two steps.
+
+    Attributes
+    ----------
+    memory : Tensor of shape (batch, slots, width)
+        ``M_{t-1}``.
+    usage : Tensor of shape (batch, slots)
+        ``w^u_{t-1}``.
+    read_weights : Tensor of shape (batch, heads, slots)
+        ``w^r_{t-1}``.
+    least_used : Tensor of shape (batch, slots)
+        ``w^lu_{t-1}``, a 0/1 mask with ``heads`` ones.
+    """
+
+    memory: Tensor
+    usage: Tensor
+    read_weights: Tensor
+    least_used: Tensor
+
+
+def initial_state(
+    batch: int,
+    n_slots: int,
+    slot_size: int,
+    n_reads: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> MemoryState:
+    """Return the state at the start of an episode.
+
+    Memory cells are ``MEMORY_INIT``, usage and read weights are zero, and the
+    least-used mask selects the first ``n_reads`` slots (all usages tie at 0).
+    """
+    memory = torch.full((batch, n_slots, slot_size), MEMORY_INIT, dtype=dtype, device=device)
+    usage = torch.zeros(batch, n_slots, dtype=dtype, device=device)
+    read_w = torch.zeros(batch, n_reads, n_slots, dtype=dtype, device=device)
+    return MemoryState(memory, usage, read_w, least_used_weights(usage, n_reads))
+
+
+def cosine_similarity(keys: Tensor, memory: Tensor) -> Tensor:
+    """Cosine similarity between each key and each memory row (eq. 2).
+
+    ``K(k, M(i)) = k . M(i) / (||k|| ||M(i)|| + eps)``
+
+    Parameters
+    ----------
+    keys : Tensor of shape (batch, heads, width)
+    memory : Tensor of shape (batch, slots, width)
+
+    Returns
+    -------
+    Tensor of shape (batch, heads, slots)
+    """
+    dots = torch.bmm(keys, memory.transpose(1, 2))
+    norms = keys.norm(dim=-1).unsqueeze(-1) * memory.norm(dim=-1).unsqueeze(1)
+    return dots / (norms + _EPS)
+
+
+def read_weights(similarity: Tensor) -> Tensor:
+    """Read weights: softmax of the similarity over slots (eq. 3).
+
+    ``w^r_t(i) = exp K(k_t, M_t(i)) / sum_j exp K(k_t, M_t(j))`` -- no key
+    strength, no sharpening.
+
+    Parameters
+    ----------
+    similarity : Tensor of shape (batch, heads, slots)
+
+    Returns
+    -------
+    Tensor of shape (batch, heads, slots)
+    """
+    return torch.softmax(similarity, dim=-1)
+
+
+def read(weights: Tensor, memory: Tensor) -> Tensor:
+    """Read vectors ``r_t = sum_i w^r_t(i) M_t(i)`` (eq. 4).
+
+    Parameters
+    ----------
+    weights : Tensor of shape (batch, heads, slots)
+    memory : Tensor of shape (batch, slots, width)
+
+    Returns
+    -------
+    Tensor of shape (batch, heads, width)
+    """
+    return torch.bmm(weights, memory)
+
+
+def update_usage(usage: Tensor, read_w: Tensor, write_w: Tensor, gamma: float) -> Tensor:
+    """Usage ``w^u_t = gamma w^u_{t-1} + w^r_t + w^w_t`` summed over heads (eq. 5).
+
+    Parameters
+    ----------
+    usage : Tensor of shape (batch, slots)
+    read_w, write_w : Tensor of shape (batch, heads, slots)
+    gamma : float
+        Decay of the usage.
+
+    Returns
+    -------
+    Tensor of shape (batch, slots)
+    """
+    return gamma * usage + read_w.sum(dim=1) + write_w.sum(dim=1)
+
+
+def least_used_weights(usage: Tensor, n: int) -> Tensor:
+    """0/1 mask of the ``n`` least-used slots (eq. 6).
+
+    ``w^lu_t(i) = 1 if w^u_t(i) <= m(w^u_t, n) else 0`` where ``m(v, n)`` is the
+    n-th smallest element of ``v``. Exactly ``n`` ones per row: ties are broken
+    towards the lowest slot index. Not differentiable (a constant mask).
+
+    Parameters
+    ----------
+    usage : Tensor of shape (batch, slots)
+    n : int
+        Number of slots to select (the paper uses the number of reads).
+
+    Returns
+    -------
+    Tensor of shape (batch, slots)
+    """
+    order = torch.sort(usage.detach(), dim=-1, stable=True).indices[:, :n]
+    mask = torch.zeros_like(usage)
+    return mask.scatter_(1, order, 1.0)
+
+
+def write_weights(gate: Tensor, prev_read_w: Tensor, prev_least_used: Tensor) -> Tensor:
+    """Write weights ``w^w_t = a w^r_{t-1} + (1 - a) w^lu_{t-1}`` (eq. 7).
+
+    Both terms come from step ``t-1``.
+
+    Parameters
+    ----------
+    gate : Tensor of shape (batch, heads)
+        ``sigmoid(alpha)``, already squashed to ``[0, 1]``.
+    prev_read_w : Tensor of shape (batch, heads, slots)
+    prev_least_used : Tensor of shape (batch, slots)
+
+    Returns
+    -------
+    Tensor of shape (batch, heads, slots)
+    """
+    g = gate.unsqueeze(-1)
+    return g * prev_read_w + (1.0 - g) * prev_least_used.unsqueeze(1)
+
+
+def erase_least_used(memory: Tensor, prev_usage: Tensor) -> Tensor:
+    """Zero the single least-used slot, computed from ``w^u_{t-1}``.
+
+    "Prior to writing to memory, the least used memory location is computed
+    from ``w^u_{t-1}`` and is set to zero" (section 3.2). Ties go to the lowest
+    slot index.
+
+    Parameters
+    ----------
+    memory : Tensor of shape (batch, slots, width)
+    prev_usage : Tensor of shape (batch, slots)
+
+    Returns
+    -------
+    Tensor of shape (batch, slots, width)
+    """
+    idx = torch.argmin(prev_usage.detach(), dim=-1)
+    keep = torch.ones_like(prev_usage)
+    keep.scatter_(1, idx.unsqueeze(1), 0.0)
+    return memory * keep.unsqueeze(-1)
+
+
+def write(memory: Tensor, write_w: Tensor, content: Tensor) -> Tensor:
+    """Write ``M_t(i) = M_{t-1}(i) + sum_heads w^w_t(i) c_t`` (eq. 8).
+
+    The paper writes the key itself (``c_t = k_t``); a separate add vector can
+    be passed instead.
+
+    Parameters
+    ----------
+    memory : Tensor of shape (batch, slots, width)
+    write_w : Tensor of shape (batch, heads, slots)
+    content : Tensor of shape (batch, heads, width)
+
+    Returns
+    -------
+    Tensor of shape (batch, slots, width)
+    """
+    return memory + torch.bmm(write_w.transpose(1, 2), content)
+
+
+def lrua_step(
+    state: MemoryState,
+    keys: Tensor,
+    gate: Tensor,
+    content: Tensor,
+    *,
+    gamma: float = 0.95,
+    read_after_write: bool = True,
+) -> tuple[Tensor, MemoryState]:
+    """One full LRUA memory step: erase, write, read, usage, least-used mask.
+
+    Parameters
+    ----------
+    state : MemoryState
+        State after step ``t-1``.
+    keys : Tensor of shape (batch, heads, width)
+        Read keys ``k_t``.
+    gate : Tensor of shape (batch, heads)
+        ``sigmoid(alpha_t)``.
+    content : Tensor of shape (batch, heads, width)
+        What each head writes (``k_t`` in the paper).
+    gamma : float, default=0.95
+        Usage decay (eq. 5).
+    read_after_write : bool, default=True
+        Read ``M_t`` (after this step's write) if True, else ``M_{t-1}``.
+
+    Returns
+    -------
+    reads : Tensor of shape (batch, heads, width)
+        ``r_t``.
+    state : MemoryState
+        State after step ``t``.
+    """
+    n_reads = keys.shape[1]
+    write_w = write_weights(gate, state.read_weights, state.least_used)
+    erased = erase_least_used(state.memory, state.usage)
+    new_memory = write(erased, write_w, content)
+    source = new_memory if read_after_write else state.memory
+    read_w = read_weights(cosine_similarity(keys, source))
+    reads = read(read_w, source)
+    usage = update_usage(state.usage, read_w, write_w, gamma)
+    least_used = least_used_weights(usage, n_reads)
+    return reads, MemoryState(new_memory, usage, read_w, least_used)

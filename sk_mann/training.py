@@ -1,0 +1,315 @@
+"""Meta-training engine built on skorch.
+
+An "epoch" here is a fixed number of optimiser steps, each on a freshly sampled
+batch of episodes. Episodes are drawn from ``np.random.default_rng([seed, epoch,
+batch])``, so a run resumed from a checkpoint sees the same episodes it would
+have seen had it never stopped. The loss is summed over label groups and
+averaged over every step of every episode.
+
+Callbacks: skorch's ``ProgressBar``, ``LRScheduler`` and ``Checkpoint`` plus
+:class:`GradientValueClipping` and :class:`HeldOutAccuracy` (per-instance
+accuracy on held-out classes, logged in the history every few epochs).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from skorch import NeuralNet
+from skorch.callbacks import Callback, Checkpoint, LRScheduler, PrintLog, ProgressBar
+
+from .episodes import EpisodeSampler
+from .metrics import evaluate_network
+
+__all__ = [
+    "EpisodeDataset",
+    "GradientValueClipping",
+    "HeldOutAccuracy",
+    "MetaNet",
+    "TimeBudget",
+    "meta_train",
+]
+
+
+class EpisodeDataset(torch.utils.data.Dataset):
+    """A dataset whose items are whole batches of freshly sampled episodes.
+
+    Parameters
+    ----------
+    sampler : EpisodeSampler
+    batch_size : int
+        Episodes per item (per optimiser step).
+    n_batches : int
+        Items per epoch.
+    seed : int
+        Item ``i`` of epoch ``e`` is drawn with ``default_rng([seed, e, i])``.
+    """
+
+    def __init__(self, sampler: EpisodeSampler, batch_size: int, n_batches: int, seed: int):
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.n_batches = n_batches
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        ep = self.sampler.sample(self.batch_size, rng)
+        X = {"x": torch.from_numpy(ep.x), "label_in": torch.from_numpy(ep.label_in)}
+        return X, torch.from_numpy(ep.targets)
+
+
+def _first_item(batch: list[Any]) -> Any:
+    """Collate function: items already are batches."""
+    return batch[0]
+
+
+class MetaNet(NeuralNet):
+    """skorch ``NeuralNet`` whose loss is the label scheme's per-step loss.
+
+    Parameters
+    ----------
+    scheme : LabelScheme
+        Decodes logits ``(batch, T, width)`` against targets ``(batch, T, n_groups)``.
+    **kwargs
+        Passed to :class:`skorch.NeuralNet`.
+    """
+
+    def __init__(self, *args: Any, scheme: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scheme = scheme
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):  # noqa: D102
+        return self.scheme.loss(y_pred, y_true.to(y_pred.device))
+
+
+class _SetEpoch(Callback):
+    """Tell the episode dataset which epoch it is serving (for resumable seeding)."""
+
+    def on_epoch_begin(self, net, dataset_train=None, **kwargs):  # noqa: D102
+        dataset_train.epoch = len(net.history)
+
+
+class GradientValueClipping(Callback):
+    """Clip every gradient element to ``[-clip_value, clip_value]`` (as the NTM paper).
+
+    Parameters
+    ----------
+    clip_value : float, default=10.0
+    """
+
+    def __init__(self, clip_value: float = 10.0) -> None:
+        self.clip_value = clip_value
+
+    def on_grad_computed(self, net, named_parameters, **kwargs):  # noqa: D102
+        torch.nn.utils.clip_grad_value_([p for _, p in named_parameters], self.clip_value)
+
+
+class TimeBudget(Callback):
+    """Stop training cleanly (after a whole epoch) once ``max_seconds`` have passed.
+
+    Parameters
+    ----------
+    max_seconds : float
+    """
+
+    def __init__(self, max_seconds: float) -> None:
+        self.max_seconds = max_seconds
+
+    def on_train_begin(self, net, **kwargs):  # noqa: D102
+        self._start = time.monotonic()
+
+    def on_epoch_end(self, net, **kwargs):  # noqa: D102
+        if time.monotonic() - self._start > self.max_seconds:
+            # skorch ends fit quietly on KeyboardInterrupt, with the epoch saved.
+            raise KeyboardInterrupt
+
+
+class HeldOutAccuracy(Callback):
+    """Log per-instance accuracy on held-out classes every ``every`` epochs.
+
+    Records ``heldout_acc_1``, ``heldout_acc_2``, ... (in %) and
+    ``heldout_episodes`` in ``net.history``. The same ``n_episodes`` episodes
+    (seeded by ``seed``) are used every time, so the curve is comparable.
+
+    Parameters
+    ----------
+    sampler : EpisodeSampler
+        Draws episodes from classes never used in meta-training.
+    n_episodes : int, default=200
+    every : int, default=1
+    instances : tuple of int, default=(1, 2, 3, 5, 10)
+    seed : int, default=12345
+    """
+
+    def __init__(
+        self,
+        sampler: EpisodeSampler,
+        n_episodes: int = 200,
+        every: int = 1,
+        instances: tuple[int, ...] = (1, 2, 3, 5, 10),
+        seed: int = 12345,
+    ) -> None:
+        self.sampler = sampler
+        self.n_episodes = n_episodes
+        self.every = every
+        self.instances = instances
+        self.seed = seed
+
+    def on_epoch_end(self, net, **kwargs):  # noqa: D102
+        epoch = len(net.history)
+        if epoch % self.every and epoch != net.max_epochs:
+            return
+        res = evaluate_network(
+            net.module_,
+            self.sampler,
+            n_episodes=self.n_episodes,
+            seed=self.seed,
+            instances=self.instances,
+            device=net.device,
+        )
+        for k, acc in zip(res["instances"], res["accuracy"]):
+            net.history.record(f"heldout_acc_{k}", round(100.0 * acc, 2))
+
+
+def meta_train(
+    module: torch.nn.Module,
+    sampler: EpisodeSampler,
+    *,
+    n_episodes: int,
+    batch_size: int = 16,
+    batches_per_epoch: int = 100,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    lr_schedule: str = "constant",
+    clip_value: float | None = 10.0,
+    eval_sampler: EpisodeSampler | None = None,
+    eval_episodes: int = 200,
+    eval_every: int = 1,
+    seed: int = 0,
+    device: str = "cpu",
+    checkpoint_dir: str | os.PathLike | None = None,
+    max_time: float | None = None,
+    progress_bar: bool = True,
+    verbose: int = 1,
+) -> MetaNet:
+    """Meta-train ``module`` on episodes from ``sampler``; resumable.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        A network of :mod:`sk_mann.model`, trained in place.
+    sampler : EpisodeSampler
+        Draws the training episodes.
+    n_episodes : int
+        Total episodes to train on, rounded up to whole epochs of
+        ``batch_size * batches_per_epoch`` episodes.
+    batch_size : int, default=16
+    batches_per_epoch : int, default=100
+    optimizer : {"adam", "rmsprop"}, default="adam"
+        ``"rmsprop"`` uses decay 0.95 and momentum 0.9 (one reproduction's claim
+        of the paper's setting).
+    lr : float, default=1e-3
+    lr_schedule : {"constant", "cosine"}, default="constant"
+    clip_value : float or None, default=10.0
+        Clip gradient elements to ``[-clip_value, clip_value]``.
+    eval_sampler : EpisodeSampler or None
+        Held-out classes for :class:`HeldOutAccuracy`.
+    eval_episodes, eval_every : int
+    seed : int, default=0
+    device : str, default="cpu"
+    checkpoint_dir : path or None
+        Save parameters, optimiser and history here after every epoch; when it
+        already holds a checkpoint, resume from it.
+    max_time : float or None
+        Stop after the first epoch that ends past ``max_time`` seconds.
+    progress_bar : bool, default=True
+    verbose : int, default=1
+        Print one history line per epoch when > 0.
+
+    Returns
+    -------
+    MetaNet
+        The fitted skorch net; ``net.history`` holds the loss and the
+        held-out accuracies per epoch.
+    """
+    if optimizer not in ("adam", "rmsprop"):
+        raise ValueError(f"optimizer={optimizer!r}: use 'adam' or 'rmsprop'.")
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule={lr_schedule!r}: use 'constant' or 'cosine'.")
+    n_epochs = max(1, math.ceil(n_episodes / (batch_size * batches_per_epoch)))
+    dataset = EpisodeDataset(sampler, batch_size, batches_per_epoch, seed)
+    callbacks: list[tuple[str, Callback]] = [("set_epoch", _SetEpoch())]
+    if clip_value is not None:
+        callbacks.append(("clip", GradientValueClipping(clip_value)))
+    if lr_schedule == "cosine":
+        callbacks.append(
+            (
+                "lr",
+                LRScheduler(
+                    policy=torch.optim.lr_scheduler.CosineAnnealingLR,
+                    T_max=n_epochs,
+                    eta_min=lr * 0.05,
+                ),
+            )
+        )
+    if eval_sampler is not None:
+        callbacks.append(
+            ("heldout", HeldOutAccuracy(eval_sampler, eval_episodes, every=eval_every))
+        )
+    if progress_bar:
+        callbacks.append(("progress", ProgressBar(batches_per_epoch=batches_per_epoch)))
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = Checkpoint(
+            dirname=str(checkpoint_dir),
+            monitor=None,
+            f_params="params.pt",
+            f_optimizer="optimizer.pt",
+            f_criterion=None,
+            f_history="history.json",
+            load_best=False,
+        )
+        callbacks.append(("checkpoint", checkpoint))
+    if max_time is not None:  # last, so the epoch is checkpointed before stopping
+        callbacks.append(("time_budget", TimeBudget(max_time)))
+    opt_kwargs: dict[str, Any] = {}
+    if optimizer == "rmsprop":
+        opt_kwargs = {"optimizer__alpha": 0.95, "optimizer__momentum": 0.9}
+    net = MetaNet(
+        module,
+        scheme=sampler.scheme,
+        criterion=torch.nn.Identity,  # unused: get_loss is overridden
+        optimizer=torch.optim.Adam if optimizer == "adam" else torch.optim.RMSprop,
+        lr=lr,
+        max_epochs=n_epochs,
+        batch_size=1,
+        train_split=None,
+        iterator_train__shuffle=False,
+        iterator_train__collate_fn=_first_item,
+        callbacks=callbacks,
+        # PrintLog stays (it prints the epoch lines); only the per-batch bar is optional.
+        callbacks__print_log=PrintLog() if verbose else None,
+        device=device,
+        **opt_kwargs,
+    )
+    net.initialize()
+    done = 0
+    if checkpoint is not None and (Path(checkpoint_dir) / "params.pt").exists():
+        net.load_params(checkpoint=checkpoint)
+        done = len(net.history)
+        if verbose:
+            print(f"Resuming from {checkpoint_dir}: {done}/{n_epochs} epochs done.")
+    remaining = n_epochs - done
+    if remaining > 0:
+        net.partial_fit(dataset, None, epochs=remaining)
+    return net
