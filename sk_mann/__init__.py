@@ -1,3 +1,11 @@
-"""sk_mann: one-shot learning with Memory-Augmented Neural Networks."""
+"""sk_mann: one-shot learning with Memory-Augmented Neural Networks.
+
+A MANN with Least-Recently-Used-Access memory (Santoro et al. 2016) as one
+estimator, :class:`MANNOneShotClassifier`, usable from scikit-learn and River.
+"""
+
+from .classifier import MANNOneShotClassifier
 
 __version__ = "0.1.0"
+
+__all__ = ["MANNOneShotClassifier", "__version__"]

@@ -145,6 +145,10 @@ class EpisodeSampler:
         rotation of up to ``max_rotation`` degrees to every sample.
     max_shift : float, default=10/105
     max_rotation : float, default=11.25
+    scheme : LabelScheme or None, default=None
+        Label codes to draw from; by default ``make_label_scheme(labels, n_way)``.
+        Pass one with more codes than ``n_way`` to train a network whose label
+        space is larger than the classes of one episode.
     """
 
     def __init__(
@@ -160,6 +164,7 @@ class EpisodeSampler:
         augment: bool = False,
         max_shift: float = DEFAULT_MAX_SHIFT,
         max_rotation: float = DEFAULT_MAX_ROTATION,
+        scheme: LabelScheme | None = None,
     ) -> None:
         self.X = np.ascontiguousarray(X, dtype=np.float32)
         y = np.asarray(y)
@@ -182,7 +187,12 @@ class EpisodeSampler:
         self._members = np.split(order, np.cumsum(counts)[:-1])
         self.n_way = n_way
         self.n_per_class = n_per_class
-        self.scheme: LabelScheme = make_label_scheme(labels, n_way)
+        self.scheme: LabelScheme = scheme or make_label_scheme(labels, n_way)
+        if n_way > self.scheme.n_codes:
+            raise ValueError(
+                f"n_way={n_way} classes per episode but only {self.scheme.n_codes} "
+                "label codes; use more codes (labels='string') or lower n_way."
+            )
         self.image_shape = image_shape
         self.augment = augment
         self.max_shift = max_shift

@@ -1,6 +1,7 @@
 """Networks: the MANN (LSTM or feed-forward controller) and the paper's baselines.
 
-Every network has one interface:
+Every network has one interface (every tensor of a state has the batch as its
+first dimension):
 
 - ``initial_state(batch)`` -- the recurrent state at the start of an episode;
 - ``step(inputs, state) -> (logits, state)`` -- one time step for streaming use,
@@ -215,17 +216,18 @@ class LSTMBaseline(nn.Module):
         self.output = nn.Linear(hidden_size, n_outputs)
 
     def initial_state(self, batch: int) -> tuple[Tensor, Tensor]:
-        """Return zero ``(h, c)``, each of shape (1, batch, hidden_size)."""
+        """Return zero ``(h, c)``, each of shape (batch, hidden_size)."""
         p = self.output.weight
-        z = torch.zeros(1, batch, self.hidden_size, dtype=p.dtype, device=p.device)
+        z = torch.zeros(batch, self.hidden_size, dtype=p.dtype, device=p.device)
         return z, z
 
     def step(
         self, inputs: Tensor, state: tuple[Tensor, Tensor]
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """One time step: ``inputs = [x_t ; y_{t-1}]`` -> ``(logits_t, state_t)``."""
-        out, state = self.lstm(inputs.unsqueeze(1), state)
-        return self.output(out[:, 0]), state
+        h, c = state
+        out, (h, c) = self.lstm(inputs.unsqueeze(1), (h.unsqueeze(0), c.unsqueeze(0)))
+        return self.output(out[:, 0]), (h[0], c[0])
 
     def forward(self, x: Tensor, label_in: Tensor) -> Tensor:
         """Run whole episodes; returns logits ``(batch, T, n_outputs)``."""
