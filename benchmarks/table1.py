@@ -29,6 +29,7 @@ from sk_mann.datasets import fetch_omniglot
 from sk_mann.episodes import EpisodeSampler
 from sk_mann.metrics import evaluate_network
 from sk_mann.model import build_network
+from sk_mann.pretrained import save_weights
 from sk_mann.training import meta_train
 
 N_WAY, N_PER_CLASS, IMAGE = 5, 10, 20
@@ -258,7 +259,9 @@ def export_weights(payload: dict) -> None:
     module, history = load_trained("mann")
     out = REPO / "sk_mann" / "pretrained"
     out.mkdir(exist_ok=True)
-    torch.save(module.state_dict(), out / "omniglot_5way.pt")
+    config = {"network": "mann", "n_inputs": IMAGE * IMAGE, "labels": "onehot",
+              "n_way": N_WAY, "kwargs": MODELS["mann"]["kwargs"]}
+    save_weights(out / "omniglot_5way.pt", module, config)
     res = payload["results"][MODELS["mann"]["label"]]
     manifest = {
         "name": "omniglot_5way",

@@ -5,7 +5,16 @@ estimator, :class:`MANNOneShotClassifier`, usable from scikit-learn and River.
 """
 
 from .classifier import MANNOneShotClassifier
+from .datasets import fetch_omniglot
+from .metrics import episodic_scorer, evaluate_per_instance, per_instance_accuracy
 
 __version__ = "0.1.0"
 
-__all__ = ["MANNOneShotClassifier", "__version__"]
+__all__ = [
+    "MANNOneShotClassifier",
+    "__version__",
+    "episodic_scorer",
+    "evaluate_per_instance",
+    "fetch_omniglot",
+    "per_instance_accuracy",
+]

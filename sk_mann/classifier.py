@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import numbers
+import operator
 import os
 import warnings
 from collections import OrderedDict
@@ -28,6 +30,29 @@ __all__ = ["MANNOneShotClassifier"]
 #: Rows processed at once by ``predict_proba`` (bounds memory: each row carries
 #: its own copy of the memory after its hypothetical write).
 _PREDICT_CHUNK = 512
+
+
+def _atomic(method):
+    """Restore the estimator's state if ``method`` raises (no half-done updates)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        saved = self.__dict__.copy()
+        # The only objects mutated in place (everything else is replaced).
+        for key in ("bindings_", "codes_", "class_index_"):
+            if key in saved:
+                saved[key] = saved[key].copy()
+        rng_state = self.rng_.bit_generator.state if "rng_" in saved else None
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            if rng_state is not None:
+                self.rng_.bit_generator.state = rng_state
+            raise
+
+    return wrapper
 
 
 def _map_state(fn, state):
@@ -380,34 +405,42 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         self.scheme_ = self._scheme()
         self.rng_ = np.random.default_rng(self.seed)
         self.history_ = []
-        self.classes_ = np.array([])
+        self._set_classes(np.array([]))
         self.recycled_warning_ = False
         self._new_fast_state()
 
     def _add_classes(self, labels) -> None:
         """Add unseen labels to ``classes_`` (sorted when they can be)."""
-        known = list(self.classes_)
-        new = [c for c in dict.fromkeys(labels) if not any(_same(c, k) for k in known)]
+        new = []
+        for c in labels:
+            key = _key(c)
+            if key not in self.class_index_:
+                self.class_index_[key] = -1
+                new.append(c)
         if not new:
             return
-        merged = known + new
+        merged = list(self.classes_) + new
         try:
-            order = sorted(range(len(merged)), key=lambda i: merged[i])
+            merged = sorted(merged)
         except TypeError:
-            order = list(range(len(merged)))
+            pass
         arr = np.empty(len(merged), dtype=object)
-        arr[:] = [merged[i] for i in order]
+        arr[:] = merged
         # Keep a plain dtype (str, int, float, bool) when all labels share one
         # Python type; mixed types stay objects (np.asarray would turn 7 into "7").
         if len({type(_hashable(c)) for c in merged}) == 1:
-            typed = np.asarray([merged[i] for i in order])
+            typed = np.asarray(merged)
             if typed.dtype != object and typed.ndim == 1:
                 arr = typed
-        self.classes_ = arr
+        self._set_classes(arr)
+
+    def _set_classes(self, classes: np.ndarray) -> None:
+        self.classes_ = classes
+        self.class_index_ = {_key(c): i for i, c in enumerate(classes)}
 
     def _bind(self, label) -> int:
         """Code of ``label``, binding a free (or the least recently seen) code if new."""
-        key = _hashable(label)
+        key = _key(label)
         if key in self.bindings_:
             self.bindings_.move_to_end(key)
             return self.bindings_[key]
@@ -422,8 +455,8 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                 while code in used:
                     code = int(self.rng_.integers(n_codes))
         else:
-            old, code = self.bindings_.popitem(last=False)
-            del self.codes_[code]
+            _, code = self.bindings_.popitem(last=False)
+            old = self.codes_.pop(code)
             if not self.recycled_warning_:
                 warnings.warn(
                     f"All {n_codes} label codes are bound: class {old!r} (the least "
@@ -487,16 +520,22 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         return proba
 
     def _class_index(self, label) -> int:
-        for i, c in enumerate(self.classes_):
-            if _same(c, label):
-                return i
-        raise KeyError(label)  # pragma: no cover - every bound label is in classes_
+        return self.class_index_[_key(label)]
+
+    def _set_feature_order(self, order: list) -> None:
+        """Fix the River feature order; a C-level getter reads dicts in that order."""
+        self.feature_order_ = list(order)
+        self.feature_getter_ = operator.itemgetter(*order) if len(order) > 1 else None
 
     def _dict_to_row(self, x: dict) -> np.ndarray:
         """Vector of a River dict in the fixed feature order (missing -> 0)."""
-        names = self.feature_order_
+        if self.feature_getter_ is not None and len(x) >= self.n_features_in_:
+            try:  # fast path: every feature present
+                return np.array(self.feature_getter_(x), dtype=np.float64)
+            except (KeyError, TypeError, ValueError):
+                pass
         row = np.zeros(self.n_features_in_, dtype=np.float64)
-        for j, name in enumerate(names):
+        for j, name in enumerate(self.feature_order_):
             v = x.get(name, 0.0)
             row[j] = float(v) if v is not None else 0.0
         return row
@@ -509,6 +548,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             )
 
     # ------------------------------------------------------------ sklearn API
+    @_atomic
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
         """Meta-train on episodes from ``(X, y)``, then prime the memory with them.
@@ -534,7 +574,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         from .training import meta_train
 
         self._initialize(X.shape[1])
-        self.feature_order_ = list(range(X.shape[1]))
+        self._set_feature_order(range(X.shape[1]))
         n_episodes = self._resolved_n_episodes()
         classes, y_idx = np.unique(y, return_inverse=True)
         if n_episodes > 0:
@@ -565,7 +605,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             )
             self.module_.eval()
             self.history_ = [dict(h) for h in net.history]
-        self.classes_ = classes
+        self._set_classes(classes)
         order = self._priming_order(y_idx, len(classes))
         self._write(X[order], y[order])
         return self
@@ -579,6 +619,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         order = np.concatenate(picked)
         return order[self.rng_.permutation(order.size)]
 
+    @_atomic
     def partial_fit(self, X, y, classes=None):
         """Write samples to memory, in order (no gradient step).
 
@@ -606,7 +647,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         check_classification_targets(y)
         if first:
             self._initialize(X.shape[1])
-            self.feature_order_ = list(range(X.shape[1]))
+            self._set_feature_order(range(X.shape[1]))
         if classes is not None:
             self._add_classes(list(classes))
         self._add_classes(list(y))
@@ -658,6 +699,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         return self
 
     # -------------------------------------------------------------- River API
+    @_atomic
     def learn_one(self, x: dict, y) -> None:
         """Write one sample to memory (River API); see :meth:`partial_fit`.
 
@@ -669,6 +711,11 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         y : hashable
             The class; any hashable value.
         """
+        if not isinstance(x, dict):
+            raise TypeError(
+                f"learn_one expects a dict of features (River API), got "
+                f"{type(x).__name__}; use partial_fit for arrays."
+            )
         first = not hasattr(self, "module_")
         if first:
             self._validate_params()
@@ -676,7 +723,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             row = np.array([float(x[k]) for k in order], dtype=np.float64)
             self._check_row(row)
             self._initialize(len(order))
-            self.feature_order_ = order
+            self._set_feature_order(order)
         else:
             row = self._dict_to_row(x)
             self._check_row(row)
@@ -756,12 +803,7 @@ def _unwrap(label):
     return label.item() if isinstance(label, np.generic) else label
 
 
-def _same(a, b) -> bool:
-    """Label equality that keeps ``True`` apart from ``1`` and ``"1"`` from ``1``."""
-    a, b = _hashable(a), _hashable(b)
-    if isinstance(a, bool) != isinstance(b, bool):
-        return False
-    try:
-        return bool(a == b)
-    except Exception:  # pragma: no cover - exotic label types
-        return a is b
+def _key(label) -> tuple:
+    """Dictionary key of a label: ``True`` and ``1`` stay apart, ``np.int64(1)`` is 1."""
+    value = _hashable(label)
+    return (isinstance(value, bool), value)

@@ -146,7 +146,7 @@ class MANN(nn.Module):
         gates = proj
         if self.recurrent_proj is not None:
             rec = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
-            gates = gates + self.recurrent_proj(rec)
+            gates = torch.addmm(proj, rec, self.recurrent_proj.weight.t())
         if self.controller == "ff":
             h = torch.tanh(gates)
             return h, state.c
@@ -168,7 +168,7 @@ class MANN(nn.Module):
             content = torch.tanh(head[:, r * w + r :]).view(batch, r, w)
         else:
             content = keys
-        reads, memory = mem.lrua_step(
+        reads, memory = mem.lrua_step_fused(
             state.memory,
             keys,
             gate,

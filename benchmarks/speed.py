@@ -1,0 +1,309 @@
+"""Speed of meta-training and streaming, beside the kNN baselines.
+
+    python benchmarks/speed.py [--threads 2] [--stream-samples 1000000]
+
+Measures, in one run, on the paper's configuration (LSTM 200, memory 128x40,
+4 heads, 5-way one-hot, 50-step episodes):
+
+- meta-training episodes/s at several batch sizes, and the achieved GFLOP/s
+  (FLOPs counted by ``torch.utils.flop_counter``) against a 2048x2048 float32
+  matmul peak measured in the same run;
+- ``predict_one`` + ``learn_one`` latency (median, p99) through the public River
+  API with 400-feature dicts, for the MANN, River's ``KNNClassifier`` and
+  scikit-learn's ``KNeighborsClassifier`` on the same stream;
+- batch ``predict`` throughput (rows/s);
+- peak RSS of a meta-training process, and the size of one stream's fast state
+  after up to ``--stream-samples`` samples.
+
+Writes ``benchmarks/results/speed.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from _common import RESULTS, metadata, write_json
+from sk_mann import MANNOneShotClassifier
+from sk_mann.model import MANN
+
+PAPER = {"controller_size": 200, "n_slots": 128, "slot_size": 40, "n_reads": 4}
+N_FEATURES, N_WAY, T = 400, 5, 50
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n x n float32 matmul."""
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def _train_iteration(module, opt, x, label_in, targets):
+    logits = module(x, label_in)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, N_WAY), targets.reshape(-1))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def flops_per_episode() -> float:
+    """FLOPs of forward + backward of one episode (matmul-like ops)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = MANN(N_FEATURES, N_WAY, N_WAY, **PAPER)
+    x, lab, tg = torch.rand(4, T, N_FEATURES), torch.zeros(4, T, N_WAY), torch.zeros(4, T, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        logits = module(x, lab)
+        torch.nn.functional.cross_entropy(logits.reshape(-1, N_WAY), tg.reshape(-1)).backward()
+    return counter.get_total_flops() / 4
+
+
+def train_throughput(batch_sizes, iters: int) -> list[dict]:
+    out = []
+    for bs in batch_sizes:
+        torch.manual_seed(0)
+        module = MANN(N_FEATURES, N_WAY, N_WAY, **PAPER)
+        opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+        x = torch.rand(bs, T, N_FEATURES)
+        lab = torch.zeros(bs, T, N_WAY)
+        tg = torch.randint(0, N_WAY, (bs, T))
+        for _ in range(2):
+            _train_iteration(module, opt, x, lab, tg)
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            _train_iteration(module, opt, x, lab, tg)
+            times.append(time.perf_counter() - t0)
+        med = float(np.median(times))
+        out.append({"batch_size": bs, "seconds_per_step": med, "episodes_per_s": bs / med})
+        print(f"train batch {bs}: {bs / med:.0f} episodes/s")
+    return out
+
+
+def _stream(n: int, seed: int = 0):
+    """A 400-feature dict stream of 5 classes (prototypes + noise): one 5-way episode."""
+    rng = np.random.default_rng(seed)
+    protos = rng.random((N_WAY, N_FEATURES))
+    y = rng.integers(0, N_WAY, n)
+    X = protos[y] + 0.1 * rng.standard_normal((n, N_FEATURES))
+    return [dict(enumerate(row)) for row in X.tolist()], y.tolist(), X
+
+
+def _latency(model, xs, ys, learn, predict) -> dict:
+    times = np.empty(len(xs))
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        t0 = time.perf_counter_ns()
+        predict(model, x)
+        learn(model, x, y)
+        times[i] = time.perf_counter_ns() - t0
+    return {
+        "median_us": float(np.median(times) / 1e3),
+        "p99_us": float(np.percentile(times, 99) / 1e3),
+        "samples": len(xs),
+    }
+
+
+class _SklearnStream:
+    """scikit-learn KNeighborsClassifier on a stream: refit on all seen samples."""
+
+    def __init__(self):
+        from sklearn.neighbors import KNeighborsClassifier
+
+        self.knn = KNeighborsClassifier(n_neighbors=1)
+        self.X, self.y = [], []
+
+    def predict_one(self, x):
+        if not self.y:
+            return None
+        return self.knn.predict(np.fromiter(x.values(), float, len(x))[None, :])[0]
+
+    def learn_one(self, x, y):
+        self.X.append(np.fromiter(x.values(), float, len(x)))
+        self.y.append(y)
+        self.knn.fit(np.stack(self.X), self.y)
+
+
+def streaming(n: int) -> dict:
+    xs, ys, X = _stream(n + 1000)
+    res = {}
+    mann = MANNOneShotClassifier(**PAPER, seed=0)
+    mann.learn_one(xs[0], ys[0])
+    res["MANN (sk_mann)"] = _latency(
+        mann, xs[1 : n + 1], ys[1 : n + 1],
+        lambda m, x, y: m.learn_one(x, y), lambda m, x: m.predict_one(x),
+    )
+    from river import neighbors
+
+    knn = neighbors.KNNClassifier()
+    res["[baseline] River KNNClassifier (default)"] = _latency(
+        knn, xs[: n], ys[: n], lambda m, x, y: m.learn_one(x, y), lambda m, x: m.predict_one(x)
+    )
+    sk = _SklearnStream()
+    m_sk = min(n, 2000)
+    res["[baseline] scikit-learn KNeighborsClassifier (refit per sample)"] = _latency(
+        sk, xs[:m_sk], ys[:m_sk], lambda m, x, y: m.learn_one(x, y), lambda m, x: m.predict_one(x)
+    )
+    for k, v in res.items():
+        print(f"stream {k}: median {v['median_us']:.0f} us, p99 {v['p99_us']:.0f} us")
+    # Batch predict throughput from the same committed state.
+    rows = np.asarray(X[:20000])
+    mann.predict(rows[:512])
+    t0 = time.perf_counter()
+    mann.predict(rows)
+    dt = time.perf_counter() - t0
+    res["batch_predict_rows_per_s"] = len(rows) / dt
+    print(f"batch predict: {len(rows) / dt:.0f} rows/s")
+    return res
+
+
+def state_growth(n_total: int) -> list[dict]:
+    """Fast-state bytes and RSS of one stream after 1k, 10k, ... samples."""
+    rng = np.random.default_rng(1)
+    protos = rng.random((N_WAY, N_FEATURES))
+    mann = MANNOneShotClassifier(**PAPER, seed=0)
+    out, done, chunk = [], 0, 1000
+    marks = {m for m in (1_000, 10_000, 100_000, 1_000_000, n_total) if m <= n_total}
+    t0 = time.perf_counter()
+    while done < n_total:
+        y = rng.integers(0, N_WAY, chunk)
+        X = protos[y] + 0.1 * rng.standard_normal((chunk, N_FEATURES))
+        mann.partial_fit(X, y)
+        done += chunk
+        if done in marks:
+            gc.collect()
+            state_bytes = sum(
+                t.numel() * t.element_size()
+                for t in torch.utils._pytree.tree_leaves(mann.state_)
+            )
+            out.append({
+                "samples": done,
+                "state_bytes": int(state_bytes),
+                "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "seconds": time.perf_counter() - t0,
+            })
+            print(f"stream state after {done}: {state_bytes} B, RSS {out[-1]['max_rss_mib']:.0f} MiB")
+    return out
+
+
+_TRAIN_RSS = """
+import resource, torch, numpy as np
+torch.set_num_threads({threads})
+from sk_mann.episodes import EpisodeSampler
+from sk_mann.model import MANN
+from sk_mann.training import meta_train
+rng = np.random.default_rng(0)
+X = rng.random((1200 * 4, 400)).astype(np.float32); y = np.repeat(np.arange(1200), 4)
+s = EpisodeSampler(X, y, n_way=5, n_per_class=10, image_shape=(20, 20), rotate_classes=True, augment=True)
+meta_train(MANN(400, 5, 5), s, n_episodes=16 * 60, batches_per_epoch=20, progress_bar=False, verbose=0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def training_peak_rss(threads: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", _TRAIN_RSS.format(threads=threads)],
+        capture_output=True, text=True, check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def write_markdown(p: dict) -> None:
+    lines = [
+        "# Speed (paper configuration: LSTM 200, memory 128x40, 4 heads, 50-step episodes)",
+        "",
+        f"Matmul peak measured in the same run: {p['matmul_peak_gflops']:.0f} GFLOP/s "
+        f"({p['threads']} threads). FLOPs per episode (forward + backward): "
+        f"{p['flops_per_episode'] / 1e6:.0f} MFLOP.",
+        "",
+        "| meta-training batch | episodes/s | achieved GFLOP/s | % of matmul peak |",
+        "|---|---|---|---|",
+    ]
+    for r in p["training"]:
+        gf = r["episodes_per_s"] * p["flops_per_episode"] / 1e9
+        lines.append(
+            f"| {r['batch_size']} | {r['episodes_per_s']:.0f} | {gf:.1f} | "
+            f"{100 * gf / p['matmul_peak_gflops']:.0f}% |"
+        )
+    lines += ["", "| streaming, 400-feature dicts | predict_one + learn_one median (us) | p99 (us) |",
+              "|---|---|---|"]
+    for k, v in p["streaming"].items():
+        if isinstance(v, dict):
+            lines.append(f"| {k} | {v['median_us']:.0f} | {v['p99_us']:.0f} |")
+    lines += [
+        "",
+        f"Batch `predict`: {p['streaming']['batch_predict_rows_per_s']:.0f} rows/s.",
+        f"Peak RSS of a meta-training process: {p['train_peak_rss_mib']:.0f} MiB.",
+        "",
+        "| stream samples | fast-state bytes | process max RSS (MiB) |",
+        "|---|---|---|",
+    ]
+    for r in p["state_growth"]:
+        lines.append(f"| {r['samples']} | {r['state_bytes']} | {r['max_rss_mib']:.0f} |")
+    lines += ["", f"Produced by `{p['command']}` on {p['date']} (commit {p['git_commit']}).",
+              "", "![speed](speed.png)"]
+    (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
+
+
+def plot(p: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    bs = [r["batch_size"] for r in p["training"]]
+    ax1.bar([str(b) for b in bs], [r["episodes_per_s"] for r in p["training"]])
+    ax1.axhline(300, ls="--", color="grey", label="target 300 episodes/s")
+    ax1.axhline(15, ls=":", color="red", label="published: ~15 episodes/s (GTX 960M)")
+    ax1.set_xlabel("batch size")
+    ax1.set_ylabel("meta-training episodes/s")
+    ax1.legend(fontsize=7)
+    names = [k for k, v in p["streaming"].items() if isinstance(v, dict)]
+    ax2.barh(names, [p["streaming"][k]["median_us"] for k in names])
+    ax2.axvline(100, ls="--", color="grey", label="target 100 us")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("predict_one + learn_one, median (us)")
+    ax2.tick_params(axis="y", labelsize=7)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "speed.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128])
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--stream", type=int, default=2000, help="samples of the latency stream")
+    ap.add_argument("--stream-samples", type=int, default=1_000_000, help="samples of the state-growth stream")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    payload = {"threads": args.threads, "matmul_peak_gflops": matmul_peak()}
+    print(f"matmul peak: {payload['matmul_peak_gflops']:.0f} GFLOP/s")
+    payload["flops_per_episode"] = flops_per_episode()
+    payload["training"] = train_throughput(args.batch_sizes, args.iters)
+    payload["train_peak_rss_mib"] = training_peak_rss(args.threads)
+    payload["streaming"] = streaming(args.stream)
+    payload["state_growth"] = state_growth(args.stream_samples)
+    payload["cuda"] = torch.cuda.is_available()
+    payload.update(metadata())
+    write_json("speed", payload)
+    write_markdown(payload)
+    plot(payload)
+
+
+if __name__ == "__main__":
+    main()
