@@ -21,6 +21,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import pretrained as _pretrained
+from ._numpy_step import NumpyMANN
 from .episodes import EpisodeSampler
 from .labels import LabelScheme, make_label_scheme
 from .model import build_network
@@ -402,6 +403,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         self.n_features_in_ = int(n_features)
         self.module_ = self._build_module(n_features)
         self.module_.eval()
+        self._make_fast_path()
         self.scheme_ = self._scheme()
         self.rng_ = np.random.default_rng(self.seed)
         self.history_ = []
@@ -475,16 +477,31 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             np.ascontiguousarray(X, dtype=np.float32), device=self.module_.output.weight.device
         )
 
-    def _label_input(self, code: int, n: int) -> torch.Tensor:
+    def _make_fast_path(self) -> None:
+        """NumPy views of the weights for streaming on the CPU (None elsewhere)."""
+        on_cpu = self.module_.output.weight.device.type == "cpu"
+        self._numpy_ = NumpyMANN(self.module_) if on_cpu else None
+
+    def _label_vector(self, code: int, n: int = 1) -> np.ndarray:
         vec = self.scheme_.encode(np.array([code]))
-        return self._as_tensor(np.repeat(vec, n, axis=0))
+        return np.repeat(vec, n, axis=0) if n > 1 else vec
 
     @torch.no_grad()
     def _write(self, X: np.ndarray, y) -> None:
         """Learn rows in order: step, commit, bind, remember the code."""
+        if self._numpy_ is not None:
+            X32 = np.asarray(X, dtype=np.float32)
+            state = NumpyMANN.state_to_numpy(self.state_)
+            for i in range(X32.shape[0]):
+                inputs = np.concatenate([X32[i : i + 1], self._label_vector(self.prev_code_)], 1)
+                _, state = self._numpy_.step(inputs, state)
+                self.prev_code_ = self._bind(y[i])
+            self.state_ = NumpyMANN.state_to_torch(state)
+            return
         Xt = self._as_tensor(X)
         for i in range(Xt.shape[0]):
-            inputs = torch.cat([Xt[i : i + 1], self._label_input(self.prev_code_, 1)], dim=1)
+            label = self._as_tensor(self._label_vector(self.prev_code_))
+            inputs = torch.cat([Xt[i : i + 1], label], dim=1)
             _, self.state_ = self.module_.step(inputs, self.state_)
             self.prev_code_ = self._bind(y[i])
 
@@ -494,12 +511,17 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         codes = np.array(list(self.bindings_.values()), dtype=np.int64)
         labels = [self.codes_[c] for c in codes]
         out = np.empty((X.shape[0], len(codes)))
+        np_state = NumpyMANN.state_to_numpy(self.state_) if self._numpy_ is not None else None
         for start in range(0, X.shape[0], _PREDICT_CHUNK):
-            rows = self._as_tensor(X[start : start + _PREDICT_CHUNK])
+            rows = np.asarray(X[start : start + _PREDICT_CHUNK], dtype=np.float32)
             n = rows.shape[0]
+            inputs = np.concatenate([rows, self._label_vector(self.prev_code_, n)], axis=1)
+            if np_state is not None:
+                logits, _ = self._numpy_.step(inputs, np_state)
+                out[start : start + n] = self.scheme_.code_log_probs_numpy(logits, codes)
+                continue
             state = _map_state(lambda t: t.expand(n, *t.shape[1:]), self.state_)
-            inputs = torch.cat([rows, self._label_input(self.prev_code_, n)], dim=1)
-            logits, _ = self.module_.step(inputs, state)
+            logits, _ = self.module_.step(self._as_tensor(inputs), state)
             out[start : start + n] = (
                 self.scheme_.code_log_probs(logits.double(), codes).cpu().numpy()
             )
@@ -768,6 +790,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
     # ------------------------------------------------------------ persistence
     def __getstate__(self):
         state = self.__dict__.copy()
+        state.pop("_numpy_", None)  # views of the weights: rebuilt on load
         if "module_" in state and state["module_"].output.weight.device.type != "cpu":
             # Saved from an accelerator: store CPU tensors so any machine can load it.
             state["module_"] = copy.deepcopy(state["module_"]).cpu()
@@ -790,6 +813,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             if dev.type != "cpu":
                 self.module_ = self.module_.to(dev)
                 self.state_ = _map_state(lambda t: t.to(dev), self.state_)
+            self._make_fast_path()
 
 
 def _hashable(label):

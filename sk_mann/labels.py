@@ -86,6 +86,15 @@ class LabelScheme:
         group_idx = torch.arange(self.n_groups, device=logits.device)
         return logp[..., group_idx.unsqueeze(0), d].sum(dim=-1)
 
+    def code_log_probs_numpy(self, logits: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """NumPy version of :meth:`code_log_probs`, in float64."""
+        shape = logits.shape[:-1]
+        z = np.asarray(logits, dtype=np.float64).reshape(*shape, self.n_groups, self.group_size)
+        z = z - z.max(axis=-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+        d = self.digits(codes)  # (n, G)
+        return logp[..., np.arange(self.n_groups)[None, :], d].sum(axis=-1)
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy summed over groups, averaged over all other axes.
 

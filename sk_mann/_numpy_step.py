@@ -1,0 +1,141 @@
+"""A NumPy mirror of :meth:`sk_mann.model.MANN.step` for streaming on the CPU.
+
+At batch size 1 a step is ~40 tiny tensor operations, and torch's per-operation
+dispatch dominates; NumPy's is several times lower. This module recomputes
+exactly the same step with NumPy views of the network's weights (no copy: they
+follow in-place weight updates). ``MANN.step`` remains the reference; tests
+check that both agree.
+
+The recurrent state is the same :class:`~sk_mann.model.MANNState`, holding
+NumPy arrays instead of tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .memory import MemoryState
+from .model import MANN, MANNState
+
+__all__ = ["NumpyMANN"]
+
+_EPS = 1e-8  # same guard as sk_mann.memory._EPS
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+
+
+class NumpyMANN:
+    """NumPy views of a CPU :class:`MANN`'s weights and its step function.
+
+    Parameters
+    ----------
+    module : MANN
+        A network on the CPU (float32, or float64). Its weights are viewed, not
+        copied.
+    """
+
+    def __init__(self, module: MANN) -> None:
+        self.m = module
+        p = {k: v.detach().numpy() for k, v in module.named_parameters()}
+        self.w_in_t = p["input_proj.weight"].T
+        self.b_in = p["input_proj.bias"]
+        self.w_rec_t = p["recurrent_proj.weight"].T if "recurrent_proj.weight" in p else None
+        self.w_head_t = p["head.weight"].T
+        self.b_head = p["head.bias"]
+        self.w_out_t = p["output.weight"].T
+        self.b_out = p["output.bias"]
+
+    @staticmethod
+    def state_to_numpy(state: MANNState) -> MANNState:
+        """Views of a CPU tensor state as NumPy arrays."""
+        mem = MemoryState(*(t.numpy() for t in state.memory))
+        return MANNState(state.h.numpy(), state.c.numpy(), state.reads.numpy(), mem)
+
+    @staticmethod
+    def state_to_torch(state: MANNState) -> MANNState:
+        """Tensors sharing memory with a NumPy state."""
+        mem = MemoryState(*(torch.from_numpy(a) for a in state.memory))
+        return MANNState(
+            torch.from_numpy(state.h),
+            torch.from_numpy(state.c),
+            torch.from_numpy(state.reads),
+            mem,
+        )
+
+    def step(self, inputs: np.ndarray, state: MANNState) -> tuple[np.ndarray, MANNState]:
+        """One step for ``n`` rows; a state of batch 1 is broadcast to every row.
+
+        Parameters
+        ----------
+        inputs : ndarray of shape (n, n_inputs + n_label_inputs), float32
+        state : MANNState of NumPy arrays, batch 1 or n
+
+        Returns
+        -------
+        logits : ndarray of shape (n, n_outputs)
+        state : MANNState of batch n
+        """
+        m = self.m
+        n = inputs.shape[0]
+        R, W = m.n_reads, m.slot_size
+        gates = inputs @ self.w_in_t + self.b_in
+        if self.w_rec_t is not None:
+            parts = ([state.h] if m.controller == "lstm" else []) + (
+                [state.reads] if m.read_feedback else []
+            )
+            rec = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            gates = gates + rec @ self.w_rec_t  # (1 or n) rows, broadcast
+        if m.controller == "lstm":
+            H = m.controller_size
+            i, f, o = (_sigmoid(gates[:, k * H : (k + 1) * H]) for k in (0, 1, 3))
+            g = np.tanh(gates[:, 2 * H : 3 * H])
+            c = f * state.c + i * g
+            h = o * np.tanh(c)
+        else:
+            h = np.tanh(gates)
+            c = np.broadcast_to(state.c, (n, state.c.shape[1]))
+        head = h @ self.w_head_t + self.b_head
+        keys = np.tanh(head[:, : R * W]).reshape(n, R, W)
+        gate = _sigmoid(head[:, R * W : R * W + R])[:, :, None]
+        content = (
+            np.tanh(head[:, R * W + R :]).reshape(n, R, W) if m.write_content == "add" else keys
+        )
+        mem = state.memory
+        lu = mem.least_used[:, None, :]
+        write_w = lu + gate * (mem.read_weights - lu)  # eq. 7, (n, R, N)
+        erased = mem.memory.copy()
+        rows = np.arange(erased.shape[0])
+        erased[rows, np.argmin(mem.usage, axis=1)] = 0.0
+        new_memory = erased + np.matmul(write_w.transpose(0, 2, 1), content)
+        source = new_memory if m.read_after_write else np.broadcast_to(
+            mem.memory, new_memory.shape
+        )
+        dots = np.matmul(keys, source.transpose(0, 2, 1))
+        norms = np.linalg.norm(keys, axis=-1)[:, :, None] * np.linalg.norm(source, axis=-1)[
+            :, None, :
+        ]
+        sim = dots / (norms + _EPS)
+        sim = np.exp(sim - sim.max(axis=-1, keepdims=True))
+        read_w = sim / sim.sum(axis=-1, keepdims=True)
+        reads = np.matmul(read_w, source).reshape(n, R * W)
+        usage = m.gamma * mem.usage + (read_w + write_w).sum(axis=1)
+        order = np.argsort(usage, axis=1, kind="stable")[:, :R]
+        least_used = np.zeros_like(usage)
+        np.put_along_axis(least_used, order, 1.0, axis=1)
+        logits = np.concatenate([h, reads], axis=1) @ self.w_out_t + self.b_out
+        dt = self.b_out.dtype  # the network's dtype (float32, or float64 in tests)
+        new_state = MANNState(
+            h.astype(dt, copy=False),
+            np.ascontiguousarray(c, dtype=dt),
+            reads.astype(dt, copy=False),
+            MemoryState(
+                new_memory.astype(dt, copy=False),
+                usage.astype(dt, copy=False),
+                read_w.astype(dt, copy=False),
+                least_used.astype(dt, copy=False),
+            ),
+        )
+        return logits, new_state
