@@ -29,8 +29,8 @@ import time
 
 import numpy as np
 import torch
-
 from _common import RESULTS, metadata, write_json
+
 from sk_mann import MANNOneShotClassifier
 from sk_mann.model import MANN
 
@@ -52,7 +52,9 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
 
 def _train_iteration(module, opt, x, label_in, targets):
     logits = module(x, label_in)
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, N_WAY), targets.reshape(-1))
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, N_WAY), targets.reshape(-1)
+    )
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -63,10 +65,16 @@ def flops_per_episode() -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     module = MANN(N_FEATURES, N_WAY, N_WAY, **PAPER)
-    x, lab, tg = torch.rand(4, T, N_FEATURES), torch.zeros(4, T, N_WAY), torch.zeros(4, T, dtype=torch.long)
+    x, lab, tg = (
+        torch.rand(4, T, N_FEATURES),
+        torch.zeros(4, T, N_WAY),
+        torch.zeros(4, T, dtype=torch.long),
+    )
     with FlopCounterMode(display=False) as counter:
         logits = module(x, lab)
-        torch.nn.functional.cross_entropy(logits.reshape(-1, N_WAY), tg.reshape(-1)).backward()
+        torch.nn.functional.cross_entropy(
+            logits.reshape(-1, N_WAY), tg.reshape(-1)
+        ).backward()
     return counter.get_total_flops() / 4
 
 
@@ -87,13 +95,15 @@ def train_throughput(batch_sizes, iters: int) -> list[dict]:
             _train_iteration(module, opt, x, lab, tg)
             times.append(time.perf_counter() - t0)
         med = float(np.median(times))
-        out.append({"batch_size": bs, "seconds_per_step": med, "episodes_per_s": bs / med})
+        out.append(
+            {"batch_size": bs, "seconds_per_step": med, "episodes_per_s": bs / med}
+        )
         print(f"train batch {bs}: {bs / med:.0f} episodes/s")
     return out
 
 
 def _stream(n: int, seed: int = 0):
-    """A 400-feature dict stream of 5 classes (prototypes + noise): one 5-way episode."""
+    """A 400-feature dict stream of 5 classes (prototypes + noise)."""
     rng = np.random.default_rng(seed)
     protos = rng.random((N_WAY, N_FEATURES))
     y = rng.integers(0, N_WAY, n)
@@ -141,19 +151,30 @@ def streaming(n: int) -> dict:
     mann = MANNOneShotClassifier(**PAPER, seed=0)
     mann.learn_one(xs[0], ys[0])
     res["MANN (sk_mann)"] = _latency(
-        mann, xs[1 : n + 1], ys[1 : n + 1],
-        lambda m, x, y: m.learn_one(x, y), lambda m, x: m.predict_one(x),
+        mann,
+        xs[1 : n + 1],
+        ys[1 : n + 1],
+        lambda m, x, y: m.learn_one(x, y),
+        lambda m, x: m.predict_one(x),
     )
     from river import neighbors
 
     knn = neighbors.KNNClassifier()
     res["[baseline] River KNNClassifier (default)"] = _latency(
-        knn, xs[: n], ys[: n], lambda m, x, y: m.learn_one(x, y), lambda m, x: m.predict_one(x)
+        knn,
+        xs[:n],
+        ys[:n],
+        lambda m, x, y: m.learn_one(x, y),
+        lambda m, x: m.predict_one(x),
     )
     sk = _SklearnStream()
     m_sk = min(n, 2000)
     res["[baseline] scikit-learn KNeighborsClassifier (refit per sample)"] = _latency(
-        sk, xs[:m_sk], ys[:m_sk], lambda m, x, y: m.learn_one(x, y), lambda m, x: m.predict_one(x)
+        sk,
+        xs[:m_sk],
+        ys[:m_sk],
+        lambda m, x, y: m.learn_one(x, y),
+        lambda m, x: m.predict_one(x),
     )
     for k, v in res.items():
         print(f"stream {k}: median {v['median_us']:.0f} us, p99 {v['p99_us']:.0f} us")
@@ -187,13 +208,19 @@ def state_growth(n_total: int) -> list[dict]:
                 t.numel() * t.element_size()
                 for t in torch.utils._pytree.tree_leaves(mann.state_)
             )
-            out.append({
-                "samples": done,
-                "state_bytes": int(state_bytes),
-                "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "seconds": time.perf_counter() - t0,
-            })
-            print(f"stream state after {done}: {state_bytes} B, RSS {out[-1]['max_rss_mib']:.0f} MiB")
+            out.append(
+                {
+                    "samples": done,
+                    "state_bytes": int(state_bytes),
+                    "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                    / 1024,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            print(
+                f"stream state after {done}: {state_bytes} B, "
+                f"RSS {out[-1]['max_rss_mib']:.0f} MiB"
+            )
     return out
 
 
@@ -205,8 +232,10 @@ from sk_mann.model import MANN
 from sk_mann.training import meta_train
 rng = np.random.default_rng(0)
 X = rng.random((1200 * 4, 400)).astype(np.float32); y = np.repeat(np.arange(1200), 4)
-s = EpisodeSampler(X, y, n_way=5, n_per_class=10, image_shape=(20, 20), rotate_classes=True, augment=True)
-meta_train(MANN(400, 5, 5), s, n_episodes=16 * 60, batches_per_epoch=20, progress_bar=False, verbose=0)
+s = EpisodeSampler(X, y, n_way=5, n_per_class=10, image_shape=(20, 20),
+                   rotate_classes=True, augment=True)
+meta_train(MANN(400, 5, 5), s, n_episodes=16 * 60, batches_per_epoch=20,
+           progress_bar=False, verbose=0)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
@@ -214,14 +243,17 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 def training_peak_rss(threads: int) -> float:
     out = subprocess.run(
         [sys.executable, "-c", _TRAIN_RSS.format(threads=threads)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def write_markdown(p: dict) -> None:
     lines = [
-        "# Speed (paper configuration: LSTM 200, memory 128x40, 4 heads, 50-step episodes)",
+        "# Speed (paper configuration: LSTM 200, memory 128x40, 4 heads, "
+        "50-step episodes)",
         "",
         f"Matmul peak measured in the same run: {p['matmul_peak_gflops']:.0f} GFLOP/s "
         f"({p['threads']} threads). FLOPs per episode (forward + backward): "
@@ -236,8 +268,12 @@ def write_markdown(p: dict) -> None:
             f"| {r['batch_size']} | {r['episodes_per_s']:.0f} | {gf:.1f} | "
             f"{100 * gf / p['matmul_peak_gflops']:.0f}% |"
         )
-    lines += ["", "| streaming, 400-feature dicts | predict_one + learn_one median (us) | p99 (us) |",
-              "|---|---|---|"]
+    lines += [
+        "",
+        "| streaming, 400-feature dicts | predict_one + learn_one median (us) "
+        "| p99 (us) |",
+        "|---|---|---|",
+    ]
     for k, v in p["streaming"].items():
         if isinstance(v, dict):
             lines.append(f"| {k} | {v['median_us']:.0f} | {v['p99_us']:.0f} |")
@@ -250,9 +286,15 @@ def write_markdown(p: dict) -> None:
         "|---|---|---|",
     ]
     for r in p["state_growth"]:
-        lines.append(f"| {r['samples']} | {r['state_bytes']} | {r['max_rss_mib']:.0f} |")
-    lines += ["", f"Produced by `{p['command']}` on {p['date']} (commit {p['git_commit']}).",
-              "", "![speed](speed.png)"]
+        lines.append(
+            f"| {r['samples']} | {r['state_bytes']} | {r['max_rss_mib']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Produced by `{p['command']}` on {p['date']} (commit {p['git_commit']}).",
+        "",
+        "![speed](speed.png)",
+    ]
     (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
 
 
@@ -283,12 +325,21 @@ def plot(p: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128])
     ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--stream", type=int, default=2000, help="samples of the latency stream")
-    ap.add_argument("--stream-samples", type=int, default=1_000_000, help="samples of the state-growth stream")
+    ap.add_argument(
+        "--stream", type=int, default=2000, help="samples of the latency stream"
+    )
+    ap.add_argument(
+        "--stream-samples",
+        type=int,
+        default=1_000_000,
+        help="samples of the state-growth stream",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     payload = {"threads": args.threads, "matmul_peak_gflops": matmul_peak()}

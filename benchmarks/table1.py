@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _common import REPO, RESULTS, RUNS, default_data_home, metadata, write_json
 
-from _common import RESULTS, RUNS, REPO, default_data_home, metadata, write_json
 from sk_mann.baselines import RiverKNN, SklearnKNN, evaluate_online
 from sk_mann.datasets import fetch_omniglot
 from sk_mann.episodes import EpisodeSampler
@@ -53,13 +52,23 @@ MODELS = {
             "write_content": "key",
             "read_after_write": True,
         },
-        "train": {"batch_size": 16, "optimizer": "adam", "lr": 1e-3, "clip_value": 10.0},
+        "train": {
+            "batch_size": 16,
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "clip_value": 10.0,
+        },
     },
     "lstm": {
         "label": "[baseline] LSTM",
         "network": "lstm",
         "kwargs": {"hidden_size": 200},
-        "train": {"batch_size": 16, "optimizer": "adam", "lr": 1e-3, "clip_value": 10.0},
+        "train": {
+            "batch_size": 16,
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "clip_value": 10.0,
+        },
     },
 }
 
@@ -76,8 +85,13 @@ def samplers(data_home: str) -> tuple[EpisodeSampler, EpisodeSampler]:
     X_tr, y_tr = fetch_omniglot(data_home=data_home, subset="train", return_X_y=True)
     X_te, y_te = fetch_omniglot(data_home=data_home, subset="test", return_X_y=True)
     train = EpisodeSampler(
-        X_tr, y_tr, n_way=N_WAY, n_per_class=N_PER_CLASS, image_shape=(IMAGE, IMAGE),
-        rotate_classes=True, augment=True,
+        X_tr,
+        y_tr,
+        n_way=N_WAY,
+        n_per_class=N_PER_CLASS,
+        image_shape=(IMAGE, IMAGE),
+        rotate_classes=True,
+        augment=True,
     )
     test = EpisodeSampler(X_te, y_te, n_way=N_WAY, n_per_class=N_PER_CLASS)
     return train, test
@@ -87,7 +101,9 @@ def make_network(name: str) -> torch.nn.Module:
     spec = MODELS[name]
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return build_network(spec["network"], IMAGE * IMAGE, N_WAY, N_WAY, **spec["kwargs"])
+        return build_network(
+            spec["network"], IMAGE * IMAGE, N_WAY, N_WAY, **spec["kwargs"]
+        )
 
 
 def train(args: argparse.Namespace) -> None:
@@ -126,10 +142,18 @@ def evaluate(args: argparse.Namespace) -> None:
         module, history = load_trained(name)
         histories[name] = history
         t0 = time.perf_counter()
-        res = evaluate_network(module, test_s, n_episodes=args.episodes, seed=EVAL_SEED,
-                               batch_size=batch, instances=INSTANCES)
+        res = evaluate_network(
+            module,
+            test_s,
+            n_episodes=args.episodes,
+            seed=EVAL_SEED,
+            batch_size=batch,
+            instances=INSTANCES,
+        )
         timings[name] = time.perf_counter() - t0
-        res["episodes_trained"] = len(history) * 100 * MODELS[name]["train"]["batch_size"]
+        res["episodes_trained"] = (
+            len(history) * 100 * MODELS[name]["train"]["batch_size"]
+        )
         res["train_wall_seconds"] = float(sum(h["dur"] for h in history))
         results[MODELS[name]["label"]] = res
         print(name, np.round(100 * np.array(res["accuracy"]), 1))
@@ -138,18 +162,31 @@ def evaluate(args: argparse.Namespace) -> None:
         ("[baseline] kNN raw pixels (River, k=1)", RiverKNN(1), args.river_episodes),
     ]:
         t0 = time.perf_counter()
-        res = evaluate_online(learner, test_s, n_episodes=n, seed=EVAL_SEED,
-                              batch_size=batch, instances=INSTANCES)
+        res = evaluate_online(
+            learner,
+            test_s,
+            n_episodes=n,
+            seed=EVAL_SEED,
+            batch_size=batch,
+            instances=INSTANCES,
+        )
         timings[label] = time.perf_counter() - t0
         results[label] = res
         print(label, np.round(100 * np.array(res["accuracy"]), 1))
     payload = {
         "benchmark": "table1",
         "protocol": {
-            "classes_per_episode": N_WAY, "samples_per_class": N_PER_CLASS,
-            "labels": "onehot", "image_size": IMAGE, "split": "paper (train 1-1200, test 1201-1623)",
-            "train_augmentation": "90-degree rotations as new classes; shift +-10/105 of the side and rotation +-11.25 deg",
-            "eval_episodes": args.episodes, "eval_seed": EVAL_SEED,
+            "classes_per_episode": N_WAY,
+            "samples_per_class": N_PER_CLASS,
+            "labels": "onehot",
+            "image_size": IMAGE,
+            "split": "paper (train 1-1200, test 1201-1623)",
+            "train_augmentation": (
+                "90-degree rotations as new classes; shift +-10/105 of the side "
+                "and rotation +-11.25 deg"
+            ),
+            "eval_episodes": args.episodes,
+            "eval_seed": EVAL_SEED,
         },
         "models": {k: {**v, "kwargs": v["kwargs"]} for k, v in MODELS.items()},
         "results": results,
@@ -191,7 +228,8 @@ def write_markdown(payload: dict) -> None:
     lines += [
         "",
         f"Produced by `{payload['command']}` on {payload['date']} "
-        f"({payload['machine']['cpu_count']} CPUs, torch {payload['versions']['torch']}, "
+        f"({payload['machine']['cpu_count']} CPUs, "
+        f"torch {payload['versions']['torch']}, "
         f"commit {payload['git_commit']}).",
         "",
         "![accuracy per instance](table1.png)",
@@ -237,7 +275,9 @@ def plot_training(histories: dict[str, list[dict]]) -> None:
     for name, hist in histories.items():
         eps = np.arange(1, len(hist) + 1) * 100 * MODELS[name]["train"]["batch_size"]
         ax1.plot(eps, [h["train_loss"] for h in hist], label=MODELS[name]["label"])
-        pts = [(e, h["heldout_acc_2"]) for e, h in zip(eps, hist) if "heldout_acc_2" in h]
+        pts = [
+            (e, h["heldout_acc_2"]) for e, h in zip(eps, hist) if "heldout_acc_2" in h
+        ]
         if pts:
             ax2.plot(*zip(*pts), marker=".", label=MODELS[name]["label"])
     ax1.axhline(np.log(5), ls=":", color="grey", label="ln 5 (chance)")
@@ -259,8 +299,13 @@ def export_weights(payload: dict) -> None:
     module, history = load_trained("mann")
     out = REPO / "sk_mann" / "pretrained"
     out.mkdir(exist_ok=True)
-    config = {"network": "mann", "n_inputs": IMAGE * IMAGE, "labels": "onehot",
-              "n_way": N_WAY, "kwargs": MODELS["mann"]["kwargs"]}
+    config = {
+        "network": "mann",
+        "n_inputs": IMAGE * IMAGE,
+        "labels": "onehot",
+        "n_way": N_WAY,
+        "kwargs": MODELS["mann"]["kwargs"],
+    }
     save_weights(out / "omniglot_5way.pt", module, config)
     res = payload["results"][MODELS["mann"]["label"]]
     manifest = {
@@ -270,12 +315,18 @@ def export_weights(payload: dict) -> None:
         "labels": "onehot",
         "n_way": N_WAY,
         "kwargs": MODELS["mann"]["kwargs"],
-        "training": {**MODELS["mann"]["train"], "episodes": res["episodes_trained"],
-                     "wall_seconds": res["train_wall_seconds"],
-                     "data": "Omniglot characters 1-1200 (paper split), 20x20, max-normalised",
-                     "augmentation": payload["protocol"]["train_augmentation"]},
+        "training": {
+            **MODELS["mann"]["train"],
+            "episodes": res["episodes_trained"],
+            "wall_seconds": res["train_wall_seconds"],
+            "data": "Omniglot characters 1-1200 (paper split), 20x20, max-normalised",
+            "augmentation": payload["protocol"]["train_augmentation"],
+        },
         "heldout_accuracy": dict(zip(map(str, INSTANCES), res["accuracy"])),
-        "input": "20x20 Omniglot-style image, strokes=1, background=0, max-normalised, flattened",
+        "input": (
+            "20x20 Omniglot-style image, strokes=1, background=0, "
+            "max-normalised, flattened"
+        ),
         "produced_by": payload["command"],
         "date": payload["date"],
         "git_commit": payload["git_commit"],
@@ -284,16 +335,27 @@ def export_weights(payload: dict) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("stage", choices=["train", "evaluate"])
     p.add_argument("--model", choices=list(MODELS), default="mann")
-    p.add_argument("--episodes", type=int, default=None,
-                   help="train: total episodes (default 1,600,000); evaluate: held-out episodes (default 1000)")
+    p.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="train: total episodes (default 1,600,000); "
+        "evaluate: held-out episodes (default 1000)",
+    )
     p.add_argument("--river-episodes", type=int, default=1000)
     p.add_argument("--max-minutes", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-home", default=default_data_home())
-    p.add_argument("--export", action="store_true", help="write the MANN weights to sk_mann/pretrained")
+    p.add_argument(
+        "--export",
+        action="store_true",
+        help="write the MANN weights to sk_mann/pretrained",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.episodes is None:

@@ -225,20 +225,31 @@ def load_model(name_or_path: str | os.PathLike) -> LoadedModel:
     from .pretrained import list_pretrained, load_weights, resolve
 
     text = os.fspath(name_or_path)
+    shipped_names = list_pretrained()
     try:
-        config, state_dict = load_weights(text)
         path = resolve(text)
     except FileNotFoundError as exc:
-        shipped = list_pretrained()
-        hint = ""
-        if not shipped:
-            hint = (
-                " (this installation ships no pretrained weights: train some with "
-                "`sk-mann train` and pass the file with --model)"
-            )
-        raise UserError(f"{exc}{hint}") from exc
+        names = ", ".join(shipped_names) or "none in this installation"
+        raise UserError(
+            f"model {text!r} is neither a shipped model (shipped: {names}) nor an "
+            "existing file. Pass the path of a weights file written by `sk-mann "
+            "train` (or sk_mann.pretrained.save_weights)."
+        ) from exc
+    try:
+        config, state_dict = load_weights(path)
+    except FileNotFoundError as exc:
+        raise UserError(f"model file {str(path)!r} not found.") from exc
     except ValueError as exc:
-        raise UserError(str(exc)) from exc
+        cause = exc.__cause__
+        if cause is None:
+            raise UserError(" ".join(str(exc).split())) from exc
+        raise UserError(
+            f"cannot read model file {str(path)!r}: it is corrupt, truncated or not "
+            f"an sk_mann weights file ({type(cause).__name__}). Re-create it with "
+            "`sk-mann train`, or pass a shipped model's name."
+        ) from exc
+    if not isinstance(config, dict) or not isinstance(state_dict, dict):
+        raise UserError(f"{str(path)!r} is not a valid sk_mann weights file.")
     try:
         scheme = make_label_scheme(config["labels"], config["n_way"])
         with torch.random.fork_rng(devices=[]):
@@ -257,7 +268,7 @@ def load_model(name_or_path: str | os.PathLike) -> LoadedModel:
             "The file is damaged or was written by another version of sk_mann."
         ) from exc
     module.eval()
-    shipped = text in list_pretrained()
+    shipped = text in shipped_names
     manifest = None
     manifest_file = _manifest_path(path)
     if manifest_file.is_file():

@@ -42,7 +42,9 @@ class NumpyMANN:
         p = {k: v.detach().numpy() for k, v in module.named_parameters()}
         self.w_in_t = p["input_proj.weight"].T
         self.b_in = p["input_proj.bias"]
-        self.w_rec_t = p["recurrent_proj.weight"].T if "recurrent_proj.weight" in p else None
+        self.w_rec_t = (
+            p["recurrent_proj.weight"].T if "recurrent_proj.weight" in p else None
+        )
         self.w_head_t = p["head.weight"].T
         self.b_head = p["head.bias"]
         self.w_out_t = p["output.weight"].T
@@ -65,7 +67,9 @@ class NumpyMANN:
             mem,
         )
 
-    def step(self, inputs: np.ndarray, state: MANNState) -> tuple[np.ndarray, MANNState]:
+    def step(
+        self, inputs: np.ndarray, state: MANNState
+    ) -> tuple[np.ndarray, MANNState]:
         """One step for ``n`` rows; a state of batch 1 is broadcast to every row.
 
         Parameters
@@ -101,7 +105,9 @@ class NumpyMANN:
         keys = np.tanh(head[:, : R * W]).reshape(n, R, W)
         gate = _sigmoid(head[:, R * W : R * W + R])[:, :, None]
         content = (
-            np.tanh(head[:, R * W + R :]).reshape(n, R, W) if m.write_content == "add" else keys
+            np.tanh(head[:, R * W + R :]).reshape(n, R, W)
+            if m.write_content == "add"
+            else keys
         )
         mem = state.memory
         lu = mem.least_used[:, None, :]
@@ -110,13 +116,16 @@ class NumpyMANN:
         rows = np.arange(erased.shape[0])
         erased[rows, np.argmin(mem.usage, axis=1)] = 0.0
         new_memory = erased + np.matmul(write_w.transpose(0, 2, 1), content)
-        source = new_memory if m.read_after_write else np.broadcast_to(
-            mem.memory, new_memory.shape
+        source = (
+            new_memory
+            if m.read_after_write
+            else np.broadcast_to(mem.memory, new_memory.shape)
         )
         dots = np.matmul(keys, source.transpose(0, 2, 1))
-        norms = np.linalg.norm(keys, axis=-1)[:, :, None] * np.linalg.norm(source, axis=-1)[
-            :, None, :
-        ]
+        norms = (
+            np.linalg.norm(keys, axis=-1)[:, :, None]
+            * np.linalg.norm(source, axis=-1)[:, None, :]
+        )
         sim = dots / (norms + _EPS)
         sim = np.exp(sim - sim.max(axis=-1, keepdims=True))
         read_w = sim / sim.sum(axis=-1, keepdims=True)

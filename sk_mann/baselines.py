@@ -30,7 +30,7 @@ class OnlineLearner(Protocol):
 
 
 class SklearnKNN:
-    """scikit-learn :class:`~sklearn.neighbors.KNeighborsClassifier` storing every sample seen.
+    """scikit-learn's ``KNeighborsClassifier`` storing every sample seen.
 
     Refit on all stored samples of the episode before each prediction.
 
@@ -125,6 +125,6 @@ def evaluate_online(
         correct.append(ok)
         inst.append(ep.instance)
         done += b
-    return per_instance_accuracy(np.concatenate(correct), np.concatenate(inst), instances)
-
-
+    return per_instance_accuracy(
+        np.concatenate(correct), np.concatenate(inst), instances
+    )

@@ -8,6 +8,7 @@ import math
 import numbers
 import operator
 import os
+import sys
 import warnings
 from collections import OrderedDict
 from typing import Any
@@ -40,7 +41,7 @@ def _atomic(method):
     def wrapper(self, *args, **kwargs):
         saved = self.__dict__.copy()
         # The only objects mutated in place (everything else is replaced).
-        for key in ("bindings_", "codes_", "class_index_"):
+        for key in ("bindings_", "codes_", "class_index_", "class_objects_"):
             if key in saved:
                 saved[key] = saved[key].copy()
         rng_state = self.rng_.bit_generator.state if "rng_" in saved else None
@@ -208,7 +209,10 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         "labels": [StrOptions({"onehot", "string"})],
         "n_way": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_per_class": [Interval(numbers.Integral, 1, None, closed="left")],
-        "n_episodes": [Interval(numbers.Integral, 0, None, closed="left"), StrOptions({"auto"})],
+        "n_episodes": [
+            Interval(numbers.Integral, 0, None, closed="left"),
+            StrOptions({"auto"}),
+        ],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "optimizer": [StrOptions({"adam", "rmsprop"})],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -348,7 +352,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         }
 
     def _build_module(self, n_features: int) -> torch.nn.Module:
-        """The network: seeded fresh weights, or ``pretrained`` checked against params."""
+        """The network: seeded weights, or ``pretrained`` checked against params."""
         scheme = self._scheme()
         if self.pretrained is not None:
             config, state_dict = _pretrained.load_weights(self.pretrained)
@@ -379,12 +383,20 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             if config.get(key) != ours[key]:
                 diffs.append(f"{key}: file={config.get(key)!r}, model={ours[key]!r}")
         if self.labels == "onehot" and config.get("n_way") != ours["n_way"]:
-            diffs.append(f"n_way: file={config.get('n_way')!r}, model={ours['n_way']!r}")
+            diffs.append(
+                f"n_way: file={config.get('n_way')!r}, model={ours['n_way']!r}"
+            )
         for key, val in ours["kwargs"].items():
             if config.get("kwargs", {}).get(key) != val:
-                diffs.append(f"{key}: file={config.get('kwargs', {}).get(key)!r}, model={val!r}")
+                diffs.append(
+                    f"{key}: file={config.get('kwargs', {}).get(key)!r}, model={val!r}"
+                )
         if diffs:
-            what = "input size" if any(d.startswith("n_inputs") for d in diffs) else "architecture"
+            what = (
+                "input size"
+                if any(d.startswith("n_inputs") for d in diffs)
+                else "architecture"
+            )
             raise ValueError(
                 f"pretrained={str(self.pretrained)!r} has another {what} than this "
                 f"model: {'; '.join(diffs)}. Set these parameters to the file's values "
@@ -407,6 +419,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         self.scheme_ = self._scheme()
         self.rng_ = np.random.default_rng(self.seed)
         self.history_ = []
+        self.class_objects_ = {}
         self._set_classes(np.array([]))
         self.recycled_warning_ = False
         self._new_fast_state()
@@ -418,6 +431,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             key = _key(c)
             if key not in self.class_index_:
                 self.class_index_[key] = -1
+                self.class_objects_[key] = c
                 new.append(c)
         if not new:
             return
@@ -439,9 +453,14 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
     def _set_classes(self, classes: np.ndarray) -> None:
         self.classes_ = classes
         self.class_index_ = {_key(c): i for i, c in enumerate(classes)}
+        # The label objects as first given (River keys): keep them, not numpy copies.
+        objects = getattr(self, "class_objects_", {})
+        self.class_objects_ = {
+            k: objects.get(k, c) for k, c in zip(self.class_index_, classes)
+        }
 
     def _bind(self, label) -> int:
-        """Code of ``label``, binding a free (or the least recently seen) code if new."""
+        """Code of ``label``; a new one gets a free (or the least recent) code."""
         key = _key(label)
         if key in self.bindings_:
             self.bindings_.move_to_end(key)
@@ -465,7 +484,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                     f"recently seen) is forgotten and its code reused for {label!r}. "
                     "Use labels='string' (3125 codes) for more classes per stream.",
                     UserWarning,
-                    stacklevel=5,
+                    stacklevel=_warn_stacklevel(),
                 )
                 self.recycled_warning_ = True
         self.bindings_[key] = code
@@ -474,7 +493,8 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
 
     def _as_tensor(self, X: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(
-            np.ascontiguousarray(X, dtype=np.float32), device=self.module_.output.weight.device
+            np.ascontiguousarray(X, dtype=np.float32),
+            device=self.module_.output.weight.device,
         )
 
     def _make_fast_path(self) -> None:
@@ -493,7 +513,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             X32 = np.asarray(X, dtype=np.float32)
             state = NumpyMANN.state_to_numpy(self.state_)
             for i in range(X32.shape[0]):
-                inputs = np.concatenate([X32[i : i + 1], self._label_vector(self.prev_code_)], 1)
+                inputs = np.concatenate(
+                    [X32[i : i + 1], self._label_vector(self.prev_code_)], 1
+                )
                 _, state = self._numpy_.step(inputs, state)
                 self.prev_code_ = self._bind(y[i])
             self.state_ = NumpyMANN.state_to_torch(state)
@@ -507,18 +529,24 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
 
     @torch.no_grad()
     def _bound_log_probs(self, X: np.ndarray) -> tuple[np.ndarray, list]:
-        """Log-probabilities (float64) of every bound code for each row, and their classes."""
+        """Log-probabilities (float64) of every bound code per row, and classes."""
         codes = np.array(list(self.bindings_.values()), dtype=np.int64)
         labels = [self.codes_[c] for c in codes]
         out = np.empty((X.shape[0], len(codes)))
-        np_state = NumpyMANN.state_to_numpy(self.state_) if self._numpy_ is not None else None
+        np_state = (
+            NumpyMANN.state_to_numpy(self.state_) if self._numpy_ is not None else None
+        )
         for start in range(0, X.shape[0], _PREDICT_CHUNK):
             rows = np.asarray(X[start : start + _PREDICT_CHUNK], dtype=np.float32)
             n = rows.shape[0]
-            inputs = np.concatenate([rows, self._label_vector(self.prev_code_, n)], axis=1)
+            inputs = np.concatenate(
+                [rows, self._label_vector(self.prev_code_, n)], axis=1
+            )
             if np_state is not None:
                 logits, _ = self._numpy_.step(inputs, np_state)
-                out[start : start + n] = self.scheme_.code_log_probs_numpy(logits, codes)
+                out[start : start + n] = self.scheme_.code_log_probs_numpy(
+                    logits, codes
+                )
                 continue
             state = _map_state(lambda t: t.expand(n, *t.shape[1:]), self.state_)
             logits, _ = self.module_.step(self._as_tensor(inputs), state)
@@ -552,8 +580,10 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
     def _dict_to_row(self, x: dict) -> np.ndarray:
         """Vector of a River dict in the fixed feature order (missing -> 0)."""
         if self.feature_getter_ is not None and len(x) >= self.n_features_in_:
-            try:  # fast path: every feature present
-                return np.array(self.feature_getter_(x), dtype=np.float64)
+            try:  # fast path: every feature present and numeric
+                row = np.array(self.feature_getter_(x), dtype=np.float64)
+                if np.isfinite(row).all():
+                    return row
             except (KeyError, TypeError, ValueError):
                 pass
         row = np.zeros(self.n_features_in_, dtype=np.float64)
@@ -596,7 +626,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         from .training import meta_train
 
         self._initialize(X.shape[1])
-        self._set_feature_order(range(X.shape[1]))
+        self._set_feature_order(
+            list(getattr(self, "feature_names_in_", range(X.shape[1])))
+        )
         n_episodes = self._resolved_n_episodes()
         classes, y_idx = np.unique(y, return_inverse=True)
         if n_episodes > 0:
@@ -616,7 +648,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                 sampler,
                 n_episodes=n_episodes,
                 batch_size=self.batch_size,
-                batches_per_epoch=max(1, min(100, math.ceil(n_episodes / self.batch_size))),
+                batches_per_epoch=max(
+                    1, min(100, math.ceil(n_episodes / self.batch_size))
+                ),
                 optimizer=self.optimizer,
                 lr=self.lr,
                 clip_value=self.clip_value,
@@ -669,7 +703,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         check_classification_targets(y)
         if first:
             self._initialize(X.shape[1])
-            self._set_feature_order(range(X.shape[1]))
+            self._set_feature_order(
+                list(getattr(self, "feature_names_in_", range(X.shape[1])))
+            )
         if classes is not None:
             self._add_classes(list(classes))
         self._add_classes(list(y))
@@ -733,14 +769,20 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         y : hashable
             The class; any hashable value.
         """
-        if not isinstance(x, dict):
-            raise TypeError(
-                f"learn_one expects a dict of features (River API), got "
-                f"{type(x).__name__}; use partial_fit for arrays."
+        _check_dict(x, "learn_one")
+        if isinstance(y, float) and math.isnan(y) or y is None:
+            raise ValueError(
+                f"learn_one got the label {y!r}: labels must not be NaN or None; "
+                "give each sample the class it belongs to."
             )
         first = not hasattr(self, "module_")
         if first:
             self._validate_params()
+            if not x:
+                raise ValueError(
+                    "The first sample learnt has no features: the feature set is "
+                    "fixed by the first learn_one, so give it a non-empty dict."
+                )
             order = sorted(x, key=_sort_key)
             row = np.array([float(x[k]) for k in order], dtype=np.float64)
             self._check_row(row)
@@ -764,12 +806,15 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         dict
             ``{class: probability}``, summing to 1.
         """
+        _check_dict(x, "predict_proba_one")
         if not hasattr(self, "module_") or len(self.classes_) == 0:
             return {}
         row = self._dict_to_row(x)
         self._check_row(row)
         proba = self._proba_matrix(row[None, :])[0]
-        return {_unwrap(c): float(p) for c, p in zip(self.classes_, proba)}
+        return {
+            self.class_objects_[_key(c)]: float(p) for c, p in zip(self.classes_, proba)
+        }
 
     def predict_one(self, x: dict):
         """Most probable class (River API); ``None`` before any learning."""
@@ -803,7 +848,8 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             dev = torch.device(self.device)
             if dev.type == "cuda" and not torch.cuda.is_available():
                 warnings.warn(
-                    f"Model saved with device={self.device!r}, but CUDA is not available: "
+                    f"Model saved with device={self.device!r}, but CUDA is not "
+                    "available: "
                     "loaded on the CPU (device set to 'cpu').",
                     UserWarning,
                     stacklevel=2,
@@ -816,6 +862,12 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             self._make_fast_path()
 
 
+_INTERNAL_DIRS = tuple(
+    os.path.dirname(m.__file__) + os.sep
+    for m in (sys.modules[__name__.rpartition(".")[0]], torch, sys.modules["sklearn"])
+)
+
+
 def _hashable(label):
     """Dictionary key of a label: numpy scalars become Python scalars."""
     if isinstance(label, np.generic):
@@ -823,11 +875,28 @@ def _hashable(label):
     return label
 
 
-def _unwrap(label):
-    return label.item() if isinstance(label, np.generic) else label
+def _check_dict(x, method: str) -> None:
+    if not isinstance(x, dict):
+        raise TypeError(
+            f"{method} expects a dict of features (River API), got "
+            f"{type(x).__name__}; use the scikit-learn methods for arrays."
+        )
 
 
-def _key(label) -> tuple:
-    """Dictionary key of a label: ``True`` and ``1`` stay apart, ``np.int64(1)`` is 1."""
-    value = _hashable(label)
-    return (isinstance(value, bool), value)
+def _key(label):
+    """Dictionary key of a label, with Python's dict semantics.
+
+    ``np.int64(1)`` and ``1`` are one class, and so are ``True`` and ``1``
+    (River's dicts could not tell them apart either).
+    """
+    return _hashable(label)
+
+
+def _warn_stacklevel() -> int:
+    """Stack level of the first frame outside sk_mann, torch and scikit-learn."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        frame = frame.f_back
+        level += 1
+    return level

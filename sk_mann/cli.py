@@ -45,10 +45,25 @@ _DATA_HELP = (
 )
 
 
-class _Formatter(
-    argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter
-):
-    """Keep the layout of descriptions and epilogs; show defaults."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the layout of descriptions and epilogs; show meaningful defaults."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            text
+            and action.option_strings
+            and default is not None
+            and default is not False
+            and default != argparse.SUPPRESS
+            and "%(default)" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
 
 
 def _positive_int(text: str) -> int:
@@ -95,14 +110,10 @@ paper's protocol: per-instance accuracy on classes never seen in training.
 """
 
 _MAIN_EPILOG = """\
-commands in one line each:
-  demo       one-shot learning end to end, offline, in about a minute
-  train      meta-train a MANN on Omniglot and write a weights file
-  evaluate   per-instance accuracy of a weights file on held-out Omniglot
-  benchmark  run the repository's benchmark scripts (source checkout only)
+Run `sk-mann COMMAND --help` for the options of a command.
 
 examples:
-  sk-mann demo
+  sk-mann demo                         # see one-shot learning, offline
   sk-mann train --data-home ~/data --out mann.pt --checkpoint-dir runs/mann
   sk-mann evaluate mann.pt --data-home ~/data
 """
@@ -193,10 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description=_MAIN_DESCRIPTION,
         epilog=_MAIN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    threads = {"type": _positive_int, "metavar": "T"}
+    threads_help = "torch threads (default: torch's choice)"
 
     # demo ------------------------------------------------------------------
     p = sub.add_parser(
@@ -216,34 +229,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset",
         choices=["auto", "digits", "omniglot"],
         default="auto",
-        help="auto: Omniglot held-out characters if present, else digits",
+        help="auto: held-out Omniglot characters if present, else digits",
     )
     p.add_argument(
-        "--episodes", type=_positive_int, default=200, help="episodes per model"
+        "--episodes", type=_positive_int, default=200, metavar="N", help="episodes"
     )
     p.add_argument(
         "--river-episodes",
         type=_nonneg_int,
         default=None,
         metavar="N",
-        help="episodes for River's kNN (the first N of the same episodes; "
-        "default: all)",
+        help="run River's kNN on the first N episodes only (default: all)",
     )
     p.add_argument("--data-home", metavar="DIR", default=None, help=_DATA_HELP)
     p.add_argument(
         "--plot", metavar="PATH", default="sk_mann_demo.png", help="plot to write"
     )
     p.add_argument("--no-plot", action="store_true", help="do not write a plot")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument(
-        "--json", metavar="PATH", default=None, help="also write results here"
+        "--seed", type=int, default=0, metavar="S", help="seed of the episodes"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the episodes")
-    p.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        help="torch threads (default: torch's)",
-    )
+    p.add_argument("--threads", help=threads_help, **threads)
     p.set_defaults(func=_cmd_demo)
 
     # train -----------------------------------------------------------------
@@ -254,79 +261,122 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_TRAIN_EPILOG,
         formatter_class=_Formatter,
     )
-    p.add_argument("--data-home", metavar="DIR", default=None, help=_DATA_HELP)
-    p.add_argument(
+    g = p.add_argument_group("data and output")
+    g.add_argument("--data-home", metavar="DIR", default=None, help=_DATA_HELP)
+    g.add_argument(
         "--download",
         action="store_true",
-        help="download the Omniglot zips into the data home if missing",
+        help="download the Omniglot zips into the data home if they are missing",
     )
-    p.add_argument("--out", metavar="PATH", required=True, help="weights file to write")
-    p.add_argument(
+    g.add_argument("--out", metavar="PATH", required=True, help="weights file to write")
+    g.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        help="save every epoch here; re-running the command resumes from it",
+    )
+    g = p.add_argument_group("training")
+    g.add_argument(
         "--episodes",
         type=_positive_int,
         default=100_000,
-        help="training episodes (rounded up to whole epochs)",
+        metavar="N",
+        help="training episodes, rounded up to whole epochs",
     )
-    p.add_argument(
-        "--batch-size", type=_positive_int, default=16, help="episodes per step"
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=16,
+        metavar="N",
+        help="episodes per optimiser step",
     )
-    p.add_argument(
+    g.add_argument(
         "--batches-per-epoch",
         type=_positive_int,
         default=100,
-        help="optimiser steps per epoch (checkpoint and log unit)",
+        metavar="N",
+        help="optimiser steps per epoch (the unit of checkpoints and logs)",
     )
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate")
-    p.add_argument("--optimizer", choices=["adam", "rmsprop"], default="adam")
-    p.add_argument("--n-way", type=_positive_int, default=5, help="classes per episode")
-    p.add_argument(
+    g.add_argument(
+        "--lr", type=_positive_float, default=1e-3, metavar="X", help="learning rate"
+    )
+    g.add_argument(
+        "--optimizer",
+        choices=["adam", "rmsprop"],
+        default="adam",
+        help="rmsprop: decay 0.95, momentum 0.9",
+    )
+    g.add_argument(
+        "--max-minutes",
+        type=_positive_float,
+        metavar="M",
+        help="stop after the first epoch that ends past M minutes",
+    )
+    g.add_argument(
+        "--eval-episodes",
+        type=_positive_int,
+        default=200,
+        metavar="N",
+        help="held-out episodes of each accuracy check",
+    )
+    g.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        default=5,
+        metavar="E",
+        help="epochs between held-out accuracy checks",
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seed of weights and episodes"
+    )
+    g.add_argument("--threads", help=threads_help, **threads)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("episodes and network")
+    g.add_argument(
+        "--n-way",
+        type=_positive_int,
+        default=5,
+        metavar="N",
+        help="classes per episode",
+    )
+    g.add_argument(
         "--n-per-class",
         type=_positive_int,
         default=10,
-        help="samples per class per episode",
+        metavar="N",
+        help="samples of each class per episode",
     )
-    p.add_argument(
+    g.add_argument(
         "--labels",
         choices=["onehot", "string"],
         default="onehot",
         help="one-hot labels, or the paper's 5-character string labels",
     )
-    p.add_argument("--controller", choices=["lstm", "ff"], default="lstm")
-    p.add_argument("--controller-size", type=_positive_int, default=200)
-    p.add_argument("--n-slots", type=_positive_int, default=128, help="memory slots")
-    p.add_argument(
-        "--slot-size", type=_positive_int, default=40, help="memory slot width"
+    g.add_argument(
+        "--controller",
+        choices=["lstm", "ff"],
+        default="lstm",
+        help="LSTM or feed-forward controller",
     )
-    p.add_argument("--n-reads", type=_positive_int, default=4, help="read heads")
-    p.add_argument(
-        "--checkpoint-dir",
-        metavar="DIR",
-        default=None,
-        help="save every epoch here; re-running resumes from it",
-    )
-    p.add_argument(
-        "--max-minutes",
-        type=_positive_float,
-        default=None,
-        help="stop (after a whole epoch) once this time has passed",
-    )
-    p.add_argument(
-        "--eval-episodes",
+    g.add_argument(
+        "--controller-size",
         type=_positive_int,
         default=200,
-        help="held-out episodes of each accuracy check",
+        metavar="N",
+        help="controller units",
     )
-    p.add_argument(
-        "--eval-every", type=_positive_int, default=5, help="epochs between checks"
+    g.add_argument(
+        "--n-slots", type=_positive_int, default=128, metavar="N", help="memory slots"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of weights and episodes")
-    p.add_argument(
-        "--threads",
+    g.add_argument(
+        "--slot-size",
         type=_positive_int,
-        default=None,
-        help="torch threads (default: torch's)",
+        default=40,
+        metavar="N",
+        help="width of a memory slot",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--n-reads", type=_positive_int, default=4, metavar="N", help="read heads"
+    )
     p.set_defaults(func=_cmd_train)
 
     # evaluate --------------------------------------------------------------
@@ -346,35 +396,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="held-out characters: paper (ids 1201-1623) or background "
         "(images_evaluation.zip)",
     )
-    p.add_argument("--episodes", type=_positive_int, default=1000)
+    p.add_argument(
+        "--episodes", type=_positive_int, default=1000, metavar="N", help="episodes"
+    )
     p.add_argument(
         "--river-episodes",
         type=_nonneg_int,
-        default=200,
+        default=None,
         metavar="N",
-        help="episodes for River's kNN (the first N of the same episodes)",
+        help="run River's kNN on the first N episodes only (default: all)",
     )
     p.add_argument(
         "--n-way",
         type=_positive_int,
-        default=None,
+        metavar="N",
         help="classes per episode (default: the model's)",
     )
-    p.add_argument("--n-per-class", type=_positive_int, default=10)
-    p.add_argument("--no-baselines", action="store_true", help="skip the kNN baselines")
-    p.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the episodes")
     p.add_argument(
-        "--json", metavar="PATH", default=None, help="also write results here"
-    )
-    p.add_argument(
-        "--plot", metavar="PATH", default=None, help="also write a plot here"
-    )
-    p.add_argument(
-        "--threads",
+        "--n-per-class",
         type=_positive_int,
-        default=None,
-        help="torch threads (default: torch's)",
+        default=10,
+        metavar="N",
+        help="samples of each class per episode",
     )
+    p.add_argument("--no-baselines", action="store_true", help="skip the kNN baselines")
+    p.add_argument(
+        "--seed", type=int, default=EVAL_SEED, metavar="S", help="seed of the episodes"
+    )
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--plot", metavar="PATH", help="also write a plot")
+    p.add_argument("--threads", help=threads_help, **threads)
     p.set_defaults(func=_cmd_evaluate)
 
     # benchmark -------------------------------------------------------------
@@ -406,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # always one line
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -473,6 +525,10 @@ def _versions() -> dict[str, str]:
         "numpy": numpy.__version__,
         "scikit-learn": sklearn.__version__,
     }
+
+
+def _ordinal(k: int) -> str:
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(k, f"{k}th")
 
 
 def _now() -> str:
@@ -560,7 +616,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     else:
         reason = f"--dataset {dataset}."
     if dataset == "omniglot":
-        X, y = _demo.load_omniglot_test(args.data_home)
+        try:
+            X, y = _demo.load_omniglot_test(args.data_home)
+        except UserError as exc:
+            raise UserError(
+                f"{exc} Or run the demo on scikit-learn's bundled digits: "
+                "--dataset digits."
+            ) from exc
         data_desc = (
             "Omniglot held-out characters (ids 1201-1623 of the paper's split, "
             f"never used in meta-training): {len(set(y.tolist()))} classes, "
@@ -682,7 +744,10 @@ def _check_resume(ckpt: Path, options: dict) -> None:
     """Refuse to resume a checkpoint made with other settings."""
     import json
 
-    ckpt.mkdir(parents=True, exist_ok=True)
+    try:
+        ckpt.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --checkpoint-dir {str(ckpt)!r}: {exc}") from exc
     record = ckpt / "sk_mann_train.json"
     if record.is_file():
         try:
@@ -690,10 +755,17 @@ def _check_resume(ckpt: Path, options: dict) -> None:
         except ValueError:
             old = None
         if old is not None:
+
+            def flat(opts: dict) -> dict:
+                out = {k: opts.get(k) for k in _RESUME_KEYS if k != "kwargs"}
+                out.update(opts.get("kwargs") or {})
+                return out
+
+            before, now = flat(old), flat(options)
             diffs = [
-                f"{k}: checkpoint={old.get(k)!r}, now={options[k]!r}"
-                for k in _RESUME_KEYS
-                if old.get(k) != options[k]
+                f"{k}: checkpoint={before.get(k)!r}, now={v!r}"
+                for k, v in now.items()
+                if before.get(k) != v
             ]
             if diffs:
                 raise UserError(
@@ -837,7 +909,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=EVAL_SEED,
         instances=tuple(range(1, 11)),
     )
-    save_weights(out, module, config)
+    try:
+        save_weights(out, module, config)
+    except OSError as exc:
+        raise UserError(f"cannot write the weights file {str(out)!r}: {exc}") from exc
     manifest = {
         "name": out.stem,
         "network": "mann",
@@ -877,11 +952,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "versions": _versions(),
     }
     manifest_file = _manifest_path(out)
-    manifest_file.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    try:
+        manifest_file.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    except OSError as exc:
+        raise UserError(f"cannot write {str(manifest_file)!r}: {exc}") from exc
     acc = res["accuracy"]
     _out(
-        f"Held-out accuracy ({res['n_episodes']} episodes): "
-        + ", ".join(f"{k}th {100 * acc[k - 1]:.1f}%" for k in (1, 2, 3, 5, 10))
+        f"Held-out accuracy, final check ({res['n_episodes']} episodes, seed "
+        f"{EVAL_SEED} as in `sk-mann evaluate`): "
+        + ", ".join(f"{_ordinal(k)} {100 * acc[k - 1]:.1f}%" for k in (1, 2, 3, 5, 10))
     )
     state = "complete" if complete else "stopped early"
     _out(f"Trained {episodes_done:,} of {n_epochs * per_epoch:,} episodes ({state}).")
@@ -911,12 +990,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _demo.check_input_size(model, X.shape[1], "Omniglot at 20x20")
     n_classes = len(set(y.tolist()))
     n_way = _demo.episode_n_way(model, n_classes, args.n_way)
-    _out(f"Model: {model.describe()}")
-    _out(
-        f"Held-out Omniglot ({args.split} split): {n_classes} characters; "
+    _para("Model:", model.describe())
+    _para(
+        "Data:",
+        f"held-out Omniglot characters ({args.split} split): {n_classes} classes; "
         f"{args.episodes} episodes of {n_way} classes x {args.n_per_class} samples, "
-        f"seed {args.seed}."
+        f"seed {args.seed}; every model sees the same episodes.",
     )
+    _out()
     results = _demo.compare_on_episodes(
         model,
         X,
@@ -933,10 +1014,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _out(_demo.format_table(results))
     _out()
     for line in _summary_lines(results):
-        _out(line)
+        _para("", line)
     river = results.get(_demo.RIVER_LABEL)
     if river is not None and river["n_episodes"] < args.episodes:
-        _out(f"River's kNN ran on the first {river['n_episodes']} of the episodes.")
+        _para(
+            "",
+            f"River's kNN ran on the first {river['n_episodes']} of the episodes "
+            "(--river-episodes).",
+        )
     if plot_path is not None:
         title = (
             f"Held-out Omniglot, {n_way} classes per episode, {Path(model.source).name}"

@@ -115,7 +115,9 @@ def augment_images(
     mat[:, 1, 2] = -(sin * tx + cos * ty)
     src = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
     grid = F.affine_grid(torch.from_numpy(mat), [n, 1, h, w], align_corners=False)
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(
+        src, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     out = out[:, 0].numpy()
     peak = out.reshape(n, -1).max(axis=1)
     return out / np.maximum(peak, 1e-12)[:, None, None]
@@ -177,7 +179,9 @@ class EpisodeSampler:
                 f"{n_classes * self.n_rotations} classes; lower n_way or add classes."
             )
         if (rotate_classes or augment) and image_shape is None:
-            raise ValueError("rotate_classes and augment need image_shape=(height, width).")
+            raise ValueError(
+                "rotate_classes and augment need image_shape=(height, width)."
+            )
         if image_shape is not None and int(np.prod(image_shape)) != self.X.shape[1]:
             raise ValueError(
                 f"image_shape={image_shape} does not match {self.X.shape[1]} features."
@@ -231,7 +235,12 @@ class EpisodeSampler:
                 codes[b, pos : pos + self.n_per_class] = code
                 pos += self.n_per_class
             perm = rng.permutation(T)
-            idx[b], rot[b], classes[b], codes[b] = idx[b, perm], rot[b, perm], classes[b, perm], codes[b, perm]
+            idx[b], rot[b], classes[b], codes[b] = (
+                idx[b, perm],
+                rot[b, perm],
+                classes[b, perm],
+                codes[b, perm],
+            )
         x = self.X[idx.ravel()]
         if self.image_shape is not None and (self.n_rotations > 1 or self.augment):
             x = self._transform(x, rot.ravel(), rng)
@@ -245,7 +254,9 @@ class EpisodeSampler:
             classes=classes,
         )
 
-    def _transform(self, x: np.ndarray, rot: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _transform(
+        self, x: np.ndarray, rot: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
         """Rotate by ``rot * 90`` degrees, then jitter if ``augment``."""
         n = x.shape[0]
         images = x.reshape(n, *self.image_shape)

@@ -47,13 +47,16 @@ class LabelScheme:
         return self.n_groups * self.group_size
 
     def digits(self, codes: np.ndarray) -> np.ndarray:
-        """Digits of each code, most significant first: shape ``codes.shape + (n_groups,)``."""
+        """Digits of each code, most significant first.
+
+        Shape ``codes.shape + (n_groups,)``.
+        """
         codes = np.asarray(codes, dtype=np.int64)
         powers = self.group_size ** np.arange(self.n_groups - 1, -1, -1)
         return (codes[..., None] // powers) % self.group_size
 
     def encode(self, codes: np.ndarray) -> np.ndarray:
-        """Concatenated one-hots of ``codes``: shape ``codes.shape + (width,)``, float32.
+        """Concatenated one-hots of ``codes``, shape ``codes.shape + (width,)``.
 
         A code of ``-1`` encodes to all zeros (the null label of the first step).
         """
@@ -89,7 +92,9 @@ class LabelScheme:
     def code_log_probs_numpy(self, logits: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """NumPy version of :meth:`code_log_probs`, in float64."""
         shape = logits.shape[:-1]
-        z = np.asarray(logits, dtype=np.float64).reshape(*shape, self.n_groups, self.group_size)
+        z = np.asarray(logits, dtype=np.float64).reshape(
+            *shape, self.n_groups, self.group_size
+        )
         z = z - z.max(axis=-1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
         d = self.digits(codes)  # (n, G)
@@ -105,11 +110,13 @@ class LabelScheme:
             Digits of the target codes.
         """
         flat = logits.reshape(-1, self.group_size)
-        ce = torch.nn.functional.cross_entropy(flat, targets.reshape(-1), reduction="sum")
+        ce = torch.nn.functional.cross_entropy(
+            flat, targets.reshape(-1), reduction="sum"
+        )
         return ce / (targets.numel() // self.n_groups)
 
     def predict_digits(self, logits: torch.Tensor) -> torch.Tensor:
-        """Most probable digit of each group: shape ``logits.shape[:-1] + (n_groups,)``."""
+        """Most probable digit of each group, shape ``logits.shape[:-1] + (G,)``."""
         shape = logits.shape[:-1]
         return logits.reshape(*shape, self.n_groups, self.group_size).argmax(dim=-1)
 

@@ -86,7 +86,9 @@ def initial_state(
     Memory cells are ``MEMORY_INIT``, usage and read weights are zero, and the
     least-used mask selects the first ``n_reads`` slots (all usages tie at 0).
     """
-    memory = torch.full((batch, n_slots, slot_size), MEMORY_INIT, dtype=dtype, device=device)
+    memory = torch.full(
+        (batch, n_slots, slot_size), MEMORY_INIT, dtype=dtype, device=device
+    )
     usage = torch.zeros(batch, n_slots, dtype=dtype, device=device)
     read_w = torch.zeros(batch, n_reads, n_slots, dtype=dtype, device=device)
     return MemoryState(memory, usage, read_w, least_used_weights(usage, n_reads))
@@ -143,7 +145,9 @@ def read(weights: Tensor, memory: Tensor) -> Tensor:
     return torch.bmm(weights, memory)
 
 
-def update_usage(usage: Tensor, read_w: Tensor, write_w: Tensor, gamma: float) -> Tensor:
+def update_usage(
+    usage: Tensor, read_w: Tensor, write_w: Tensor, gamma: float
+) -> Tensor:
     """Usage ``w^u_t = gamma w^u_{t-1} + w^r_t + w^w_t`` summed over heads (eq. 5).
 
     Parameters

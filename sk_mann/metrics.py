@@ -109,7 +109,8 @@ def evaluate_network(
             b = min(batch_size, n_episodes - done)
             ep = sampler.sample(b, rng)
             logits = module(
-                torch.from_numpy(ep.x).to(device), torch.from_numpy(ep.label_in).to(device)
+                torch.from_numpy(ep.x).to(device),
+                torch.from_numpy(ep.label_in).to(device),
             )
             pred = sampler.scheme.predict_digits(logits).cpu().numpy()
             correct.append((pred == ep.targets).all(axis=-1))
@@ -117,7 +118,9 @@ def evaluate_network(
             done += b
     finally:
         module.train(was_training)
-    return per_instance_accuracy(np.concatenate(correct), np.concatenate(inst), instances)
+    return per_instance_accuracy(
+        np.concatenate(correct), np.concatenate(inst), instances
+    )
 
 
 def evaluate_per_instance(
@@ -192,9 +195,7 @@ def evaluate_per_instance(
     )
 
 
-def episodic_scorer(
-    instance: int = 2, *, n_episodes: int = 100, seed: int = 0
-) -> Any:
+def episodic_scorer(instance: int = 2, *, n_episodes: int = 100, seed: int = 0) -> Any:
     """A scorer for model selection: accuracy at one instance on held-out classes.
 
     Use it with a class-wise split so that test folds hold classes never used

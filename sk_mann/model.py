@@ -108,7 +108,9 @@ class MANN(nn.Module):
 
         n_gates = 4 if controller == "lstm" else 1
         read_size = n_reads * slot_size
-        self.input_proj = nn.Linear(n_inputs + n_label_inputs, n_gates * controller_size)
+        self.input_proj = nn.Linear(
+            n_inputs + n_label_inputs, n_gates * controller_size
+        )
         rec_in = (controller_size if controller == "lstm" else 0) + (
             read_size if read_feedback else 0
         )
@@ -132,7 +134,12 @@ class MANN(nn.Module):
             batch, self.n_reads * self.slot_size, dtype=p.dtype, device=p.device
         )
         memory = mem.initial_state(
-            batch, self.n_slots, self.slot_size, self.n_reads, dtype=p.dtype, device=p.device
+            batch,
+            self.n_slots,
+            self.slot_size,
+            self.n_reads,
+            dtype=p.dtype,
+            device=p.device,
         )
         return MANNState(z, z, reads, memory)
 
@@ -185,7 +192,7 @@ class MANN(nn.Module):
         return self.output(o), state
 
     def forward(self, x: Tensor, label_in: Tensor) -> Tensor:
-        """Run whole episodes from a wiped memory; returns logits ``(batch, T, n_outputs)``."""
+        """Run episodes from a wiped memory; logits ``(batch, T, n_outputs)``."""
         proj = self.input_proj(torch.cat([x, label_in], dim=-1))
         state = self.initial_state(x.shape[0])
         outs = []
@@ -208,7 +215,12 @@ class LSTMBaseline(nn.Module):
     """
 
     def __init__(
-        self, n_inputs: int, n_label_inputs: int, n_outputs: int, *, hidden_size: int = 200
+        self,
+        n_inputs: int,
+        n_label_inputs: int,
+        n_outputs: int,
+        *,
+        hidden_size: int = 200,
     ) -> None:
         super().__init__()
         self.hidden_size = hidden_size
@@ -246,7 +258,12 @@ class FeedForwardBaseline(nn.Module):
     """
 
     def __init__(
-        self, n_inputs: int, n_label_inputs: int, n_outputs: int, *, hidden_size: int = 200
+        self,
+        n_inputs: int,
+        n_label_inputs: int,
+        n_outputs: int,
+        *,
+        hidden_size: int = 200,
     ) -> None:
         super().__init__()
         self.hidden_size = hidden_size
@@ -277,5 +294,7 @@ def build_network(
 ) -> nn.Module:
     """Build a network by name: ``"mann"``, ``"lstm"`` or ``"ff"``."""
     if kind not in _NETWORKS:
-        raise ValueError(f"network={kind!r} is unknown; use one of {sorted(_NETWORKS)}.")
+        raise ValueError(
+            f"network={kind!r} is unknown; use one of {sorted(_NETWORKS)}."
+        )
     return _NETWORKS[kind](n_inputs, n_label_inputs, n_outputs, **kwargs)  # type: ignore[arg-type]

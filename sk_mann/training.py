@@ -51,7 +51,9 @@ class EpisodeDataset(torch.utils.data.Dataset):
         Item ``i`` of epoch ``e`` is drawn with ``default_rng([seed, e, i])``.
     """
 
-    def __init__(self, sampler: EpisodeSampler, batch_size: int, n_batches: int, seed: int):
+    def __init__(
+        self, sampler: EpisodeSampler, batch_size: int, n_batches: int, seed: int
+    ):
         self.sampler = sampler
         self.batch_size = batch_size
         self.n_batches = n_batches
@@ -111,7 +113,9 @@ class GradientValueClipping(Callback):
         self.clip_value = clip_value
 
     def on_grad_computed(self, net, named_parameters, **kwargs):  # noqa: D102
-        torch.nn.utils.clip_grad_value_([p for _, p in named_parameters], self.clip_value)
+        torch.nn.utils.clip_grad_value_(
+            [p for _, p in named_parameters], self.clip_value
+        )
 
 
 class TimeBudget(Callback):
@@ -297,7 +301,7 @@ def meta_train(
         iterator_train__shuffle=False,
         iterator_train__collate_fn=_first_item,
         callbacks=callbacks,
-        # PrintLog stays (it prints the epoch lines); only the per-batch bar is optional.
+        # PrintLog prints the epoch lines; only the per-batch bar is optional.
         callbacks__print_log=PrintLog() if verbose else None,
         device=device,
         **opt_kwargs,

@@ -26,7 +26,9 @@ def has_omniglot() -> bool:
 
 requires_omniglot = pytest.mark.skipif(
     not has_omniglot(),
-    reason=f"Omniglot zips not found in {omniglot_home() / 'omniglot'}: set SK_MANN_DATA",
+    reason=(
+        f"Omniglot zips not found in {omniglot_home() / 'omniglot'}: set SK_MANN_DATA"
+    ),
 )
 
 
@@ -39,7 +41,7 @@ def _limit_threads():
 
 @pytest.fixture(scope="module")
 def prototypes_data():
-    """60 classes of 64-d prototypes plus noise, 10 samples each (easy to tell apart)."""
+    """60 classes of 64-d prototypes plus noise, 10 samples each (easy)."""
     rng = np.random.default_rng(0)
     protos = rng.random((60, 64)).astype(np.float32)
     y = np.repeat(np.arange(60), 10)

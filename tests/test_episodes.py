@@ -7,7 +7,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from sk_mann.episodes import EpisodeSampler, augment_images, instance_index
-from sk_mann.labels import make_label_scheme
+from sk_mann.labels import LabelScheme, make_label_scheme
 
 N_CLASSES, N_MEMBERS, N_FEATURES = 8, 6, 4
 
@@ -17,7 +17,9 @@ def data():
     """8 classes x 6 samples; every row is unique and names its own index."""
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(N_CLASSES), N_MEMBERS)
-    X = np.column_stack([np.arange(len(y)), y, rng.random((len(y), 2))]).astype(np.float32)
+    X = np.column_stack([np.arange(len(y)), y, rng.random((len(y), 2))]).astype(
+        np.float32
+    )
     return X, y
 
 
@@ -64,7 +66,9 @@ def test_instance_index_matches_a_loop():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("labels, width, n_groups", [("onehot", 3, 1), ("string", 25, 5)])
+@pytest.mark.parametrize(
+    "labels, width, n_groups", [("onehot", 3, 1), ("string", 25, 5)]
+)
 def test_sample_shapes_and_dtypes(data, labels, width, n_groups):
     X, y = data
     s = EpisodeSampler(X, y, n_way=3, n_per_class=4, labels=labels)
@@ -128,7 +132,9 @@ def test_codes_are_a_bijection_of_the_classes_in_an_episode(data, labels):
     for b in range(30):
         pairs = set(zip(ep.classes[b].tolist(), ep.codes[b].tolist()))
         assert len(pairs) == 5  # same class -> same code
-        assert len({code for _, code in pairs}) == 5  # distinct classes -> distinct codes
+        assert (
+            len({code for _, code in pairs}) == 5
+        )  # distinct classes -> distinct codes
     assert ep.codes.min() >= 0 and ep.codes.max() < s.scheme.n_codes
 
 
@@ -205,7 +211,9 @@ def test_n_way_larger_than_the_classes_is_an_error(data):
 def test_rotations_count_as_classes_for_n_way():
     X = np.random.default_rng(0).random((6, 4)).astype(np.float32)
     y = np.repeat(np.arange(3), 2)
-    s = EpisodeSampler(X, y, n_way=12, n_per_class=1, image_shape=(2, 2), rotate_classes=True)
+    s = EpisodeSampler(
+        X, y, n_way=12, n_per_class=1, image_shape=(2, 2), rotate_classes=True
+    )
     assert s.n_classes == 12
     with pytest.raises(ValueError):
         EpisodeSampler(X, y, n_way=13, image_shape=(2, 2), rotate_classes=True)
@@ -222,6 +230,25 @@ def test_image_shape_must_match_the_features(data):
     X, y = data
     with pytest.raises(ValueError, match="image_shape"):
         EpisodeSampler(X, y, n_way=3, image_shape=(3, 3))
+
+
+def test_n_way_larger_than_the_codes_is_an_error(data):
+    X, y = data
+    with pytest.raises(ValueError, match="codes"):
+        EpisodeSampler(X, y, n_way=5, scheme=LabelScheme(1, 4))
+
+
+def test_a_scheme_with_more_codes_than_classes(data):
+    """Codes are drawn from the whole scheme, e.g. 8 one-hot codes for 3-way episodes."""
+    X, y = data
+    s = EpisodeSampler(X, y, n_way=3, n_per_class=2, scheme=LabelScheme(1, 8))
+    assert s.scheme == LabelScheme(1, 8)
+    ep = s.sample(100, np.random.default_rng(10))
+    assert ep.label_in.shape == (100, 6, 8)
+    assert set(np.unique(ep.codes).tolist()) == set(range(8))
+    for b in range(100):
+        assert len(np.unique(ep.codes[b])) == 3
+    assert_array_equal(ep.label_in[:, 1:], LabelScheme(1, 8).encode(ep.codes[:, :-1]))
 
 
 # ---------------------------------------------------------------------------
@@ -243,7 +270,11 @@ def images():
 def test_rotated_classes_are_rot90_of_the_originals(images):
     imgs, y = images
     s = EpisodeSampler(
-        imgs.reshape(6, -1), y, n_way=6, n_per_class=2, image_shape=(SIDE, SIDE),
+        imgs.reshape(6, -1),
+        y,
+        n_way=6,
+        n_per_class=2,
+        image_shape=(SIDE, SIDE),
         rotate_classes=True,
     )
     ep = s.sample(20, np.random.default_rng(2))
@@ -263,7 +294,9 @@ def test_rotated_classes_are_rot90_of_the_originals(images):
 
 def test_augment_false_leaves_images_unchanged(images):
     imgs, y = images
-    s = EpisodeSampler(imgs.reshape(6, -1), y, n_way=3, n_per_class=2, image_shape=(SIDE, SIDE))
+    s = EpisodeSampler(
+        imgs.reshape(6, -1), y, n_way=3, n_per_class=2, image_shape=(SIDE, SIDE)
+    )
     ep = s.sample(10, np.random.default_rng(3))
     flat = imgs.reshape(6, -1)
     for row in ep.x.reshape(-1, SIDE * SIDE):
@@ -274,8 +307,14 @@ def test_augment_true_really_changes_the_images(images):
     """Regression: one reproduction computed the jitter and never applied it."""
     imgs, y = images
     s = EpisodeSampler(
-        imgs.reshape(6, -1), y, n_way=3, n_per_class=2, image_shape=(SIDE, SIDE), augment=True,
-        max_shift=0.3, max_rotation=20.0,
+        imgs.reshape(6, -1),
+        y,
+        n_way=3,
+        n_per_class=2,
+        image_shape=(SIDE, SIDE),
+        augment=True,
+        max_shift=0.3,
+        max_rotation=20.0,
     )
     ep = s.sample(10, np.random.default_rng(4))
     flat = imgs.reshape(6, -1)
@@ -291,8 +330,14 @@ def test_sampler_augmentation_stays_within_its_bounds():
     img[10, 10] = 1.0
     X = np.stack([img.ravel()] * 4)
     s = EpisodeSampler(
-        X, np.array([0, 0, 1, 1]), n_way=2, n_per_class=2, image_shape=(21, 21),
-        augment=True, max_shift=0.1, max_rotation=0.0,
+        X,
+        np.array([0, 0, 1, 1]),
+        n_way=2,
+        n_per_class=2,
+        image_shape=(21, 21),
+        augment=True,
+        max_shift=0.1,
+        max_rotation=0.0,
     )
     ep = s.sample(30, np.random.default_rng(5))
     yy, xx = np.mgrid[:21, :21]
@@ -314,7 +359,8 @@ def centre_of_mass(img):
 
 
 @pytest.mark.parametrize(
-    "shift, moved", [((2, 0), (2, 0)), ((0, 3), (0, 3)), ((-1, -2), (-1, -2)), ((1.5, 0), (1.5, 0))]
+    "shift, moved",
+    [((2, 0), (2, 0)), ((0, 3), (0, 3)), ((-1, -2), (-1, -2)), ((1.5, 0), (1.5, 0))],
 )
 def test_augment_shift_moves_the_centre_of_mass(shift, moved):
     img = np.zeros((1, 11, 11), dtype=np.float32)
@@ -344,7 +390,7 @@ def asymmetric_image():
 
 @pytest.mark.parametrize("angle, k", [(90.0, 1), (-90.0, -1), (180.0, 2), (270.0, 3)])
 def test_augment_rotation_is_counter_clockwise_like_rot90(angle, k):
-    """The docstring says counter-clockwise on screen, which is ``np.rot90``'s direction."""
+    """Counter-clockwise on screen, as documented: ``np.rot90``'s direction."""
     img = asymmetric_image()
     out = augment_images(img[None], np.zeros((1, 2)), np.array([angle]))
     assert_allclose(out[0], np.rot90(img, k=k), atol=1e-5)
@@ -360,7 +406,10 @@ def test_augment_rotates_then_shifts():
 
 def test_augment_zero_jitter_only_normalises():
     rng = np.random.default_rng(7)
-    imgs = rng.random((3, 6, 6)).astype(np.float32) * np.array([2.0, 0.5, 7.0])[:, None, None]
+    imgs = (
+        rng.random((3, 6, 6)).astype(np.float32)
+        * np.array([2.0, 0.5, 7.0])[:, None, None]
+    )
     out = augment_images(imgs, np.zeros((3, 2)), np.zeros(3))
     assert out.shape == (3, 6, 6) and out.dtype == np.float32
     want = imgs / imgs.reshape(3, -1).max(1)[:, None, None]
@@ -378,5 +427,7 @@ def test_augment_outputs_are_max_normalised():
 
 
 def test_augment_blank_image_stays_blank():
-    out = augment_images(np.zeros((1, 5, 5), dtype=np.float32), np.ones((1, 2)), np.ones(1))
+    out = augment_images(
+        np.zeros((1, 5, 5), dtype=np.float32), np.ones((1, 2)), np.ones(1)
+    )
     assert np.all(np.isfinite(out)) and np.all(out == 0)

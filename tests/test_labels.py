@@ -134,10 +134,14 @@ def test_code_log_probs_matches_numpy(labels, n_way):
     assert_allclose(got, want, rtol=1e-12)
 
 
-@pytest.mark.parametrize("labels, n_way", [("onehot", 5), ("onehot", 15), ("string", 5)])
+@pytest.mark.parametrize(
+    "labels, n_way", [("onehot", 5), ("onehot", 15), ("string", 5)]
+)
 def test_code_probs_sum_to_one_over_all_codes(labels, n_way):
     s = make_label_scheme(labels, n_way)
-    logits = torch.randn(4, s.width, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(
+        4, s.width, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     lp = s.code_log_probs(logits, np.arange(s.n_codes))
     assert lp.shape == (4, s.n_codes)
     assert_allclose(lp.exp().sum(-1).numpy(), 1.0, rtol=1e-10)
@@ -155,7 +159,9 @@ def test_loss_matches_numpy(labels, n_way):
     per_step = np.zeros((3, 4))
     for a in range(3):
         for b in range(4):
-            per_step[a, b] = -sum(logp[a, b, g, targets[a, b, g]] for g in range(s.n_groups))
+            per_step[a, b] = -sum(
+                logp[a, b, g, targets[a, b, g]] for g in range(s.n_groups)
+            )
     assert_allclose(got, per_step.mean(), rtol=1e-12)
 
 
@@ -183,8 +189,24 @@ def test_loss_is_differentiable():
 @pytest.mark.parametrize("labels, n_way", [("onehot", 5), ("string", 5)])
 def test_predict_digits(labels, n_way):
     s = make_label_scheme(labels, n_way)
-    codes = np.array([[0, 3], [4, 2]]) if labels == "onehot" else np.array([[7, 3124], [0, 1000]])
+    codes = (
+        np.array([[0, 3], [4, 2]])
+        if labels == "onehot"
+        else np.array([[7, 3124], [0, 1000]])
+    )
     logits = torch.from_numpy(5.0 * s.encode(codes) - 1.0)
     got = s.predict_digits(logits).numpy()
     assert got.shape == (2, 2, s.n_groups)
     assert_array_equal(got, s.digits(codes))
+
+
+@pytest.mark.parametrize("labels, n_way", [("onehot", 5), ("string", 5)])
+def test_code_log_probs_numpy_matches_torch(labels, n_way):
+    s = make_label_scheme(labels, n_way)
+    rng = np.random.default_rng(3)
+    logits = (10 * rng.standard_normal((4, 2, s.width))).astype(np.float32)
+    codes = rng.choice(s.n_codes, size=min(7, s.n_codes), replace=False)
+    got = s.code_log_probs_numpy(logits, codes)
+    assert got.shape == (4, 2, len(codes))
+    want = s.code_log_probs(torch.from_numpy(logits.astype(np.float64)), codes)
+    assert_allclose(got, want.numpy(), rtol=1e-6, atol=1e-6)

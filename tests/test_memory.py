@@ -21,6 +21,11 @@ from sk_mann.model import MANN
 
 EPS = 1e-8  # the guard of eq. 2 in the library
 
+# the reference step, built from the one-equation functions, and the fast path
+STEP_FNS = pytest.mark.parametrize(
+    "step_fn", [mem.lrua_step, mem.lrua_step_fused], ids=["reference", "fused"]
+)
+
 # (batch, heads, slots, width)
 SHAPES = [(1, 1, 4, 3), (2, 3, 7, 5), (3, 4, 16, 2)]
 
@@ -65,7 +70,9 @@ def ref_read(weights, memory):
     for b in range(batch):
         for h in range(heads):
             for j in range(width):
-                out[b, h, j] = sum(weights[b, h, i] * memory[b, i, j] for i in range(slots))
+                out[b, h, j] = sum(
+                    weights[b, h, i] * memory[b, i, j] for i in range(slots)
+                )
     return out
 
 
@@ -108,7 +115,9 @@ def ref_write_weights(gate, prev_read_w, prev_least_used):
         for h in range(heads):
             a = gate[b, h]
             for i in range(slots):
-                out[b, h, i] = a * prev_read_w[b, h, i] + (1 - a) * prev_least_used[b, i]
+                out[b, h, i] = (
+                    a * prev_read_w[b, h, i] + (1 - a) * prev_least_used[b, i]
+                )
     return out
 
 
@@ -182,8 +191,9 @@ def unit_sigmoid(rng, shape):
 # ---------------------------------------------------------------------------
 
 
+@STEP_FNS
 @pytest.mark.parametrize("batch, heads, slots, width", SHAPES)
-def test_shapes(batch, heads, slots, width):
+def test_shapes(batch, heads, slots, width, step_fn):
     rng = np.random.default_rng(0)
     keys = t(rng.standard_normal((batch, heads, width)))
     M = t(rng.standard_normal((batch, slots, width)))
@@ -199,7 +209,7 @@ def test_shapes(batch, heads, slots, width):
     assert mem.erase_least_used(M, usage).shape == (batch, slots, width)
     assert mem.write(M, w, keys).shape == (batch, slots, width)
     state = mem.initial_state(batch, slots, width, heads, dtype=torch.float64)
-    reads, new = mem.lrua_step(state, keys, gate, keys)
+    reads, new = step_fn(state, keys, gate, keys)
     assert reads.shape == (batch, heads, width)
     assert new.memory.shape == (batch, slots, width)
     assert new.usage.shape == (batch, slots)
@@ -207,12 +217,13 @@ def test_shapes(batch, heads, slots, width):
     assert new.least_used.shape == (batch, slots)
 
 
+@STEP_FNS
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_dtypes_are_preserved(dtype):
+def test_dtypes_are_preserved(dtype, step_fn):
     state = mem.initial_state(2, 5, 3, 2, dtype=dtype)
     assert all(x.dtype == dtype for x in state)
     keys = torch.rand(2, 2, 3, dtype=dtype)
-    reads, new = mem.lrua_step(state, keys, torch.rand(2, 2, dtype=dtype), keys)
+    reads, new = step_fn(state, keys, torch.rand(2, 2, dtype=dtype), keys)
     assert reads.dtype == dtype
     assert all(x.dtype == dtype for x in new)
 
@@ -248,7 +259,9 @@ def test_read_matches_reference(batch, heads, slots, width):
     rng = np.random.default_rng(3)
     w = rng.random((batch, heads, slots))
     M = rng.standard_normal((batch, slots, width))
-    assert_allclose(mem.read(t(w), t(M)).numpy(), ref_read(w, M), rtol=1e-12, atol=1e-14)
+    assert_allclose(
+        mem.read(t(w), t(M)).numpy(), ref_read(w, M), rtol=1e-12, atol=1e-14
+    )
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.95, 0.99, 1.0])
@@ -301,16 +314,19 @@ def test_write_matches_reference(batch, heads, slots, width):
     assert_allclose(got, ref_write(M, w, c), rtol=1e-12, atol=1e-14)
 
 
+@STEP_FNS
 @pytest.mark.parametrize("read_after_write", [True, False])
 @pytest.mark.parametrize("gamma", [0.95, 0.99])
 @pytest.mark.parametrize("batch, heads, slots, width", SHAPES)
-def test_lrua_step_matches_reference(batch, heads, slots, width, gamma, read_after_write):
+def test_lrua_step_matches_reference(
+    batch, heads, slots, width, gamma, read_after_write
+, step_fn):
     rng = np.random.default_rng(9)
     state = random_state(rng, batch, heads, slots, width)
     keys = np.tanh(rng.standard_normal((batch, heads, width)))
     content = np.tanh(rng.standard_normal((batch, heads, width)))
     gate = unit_sigmoid(rng, (batch, heads))
-    reads, new = mem.lrua_step(
+    reads, new = step_fn(
         to_state(state),
         t(keys),
         t(gate),
@@ -318,15 +334,18 @@ def test_lrua_step_matches_reference(batch, heads, slots, width, gamma, read_aft
         gamma=gamma,
         read_after_write=read_after_write,
     )
-    ref_reads, ref_new = ref_lrua_step(state, keys, gate, content, gamma, read_after_write)
+    ref_reads, ref_new = ref_lrua_step(
+        state, keys, gate, content, gamma, read_after_write
+    )
     assert isinstance(new, mem.MemoryState)
     assert_allclose(reads.numpy(), ref_reads, rtol=1e-10, atol=1e-12)
     for field, got, want in zip(new._fields, new, ref_new):
         assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12, err_msg=field)
 
 
+@STEP_FNS
 @pytest.mark.parametrize("read_after_write", [True, False])
-def test_lrua_step_several_steps_match_reference(read_after_write):
+def test_lrua_step_several_steps_match_reference(read_after_write, step_fn):
     """Ten chained steps from the initial state (the recurrence, not one step)."""
     rng = np.random.default_rng(10)
     batch, heads, slots, width = 2, 2, 6, 3
@@ -335,13 +354,43 @@ def test_lrua_step_several_steps_match_reference(read_after_write):
     for _ in range(10):
         keys = np.tanh(rng.standard_normal((batch, heads, width)))
         gate = unit_sigmoid(rng, (batch, heads))
-        reads, state = mem.lrua_step(
+        reads, state = step_fn(
             state, t(keys), t(gate), t(keys), read_after_write=read_after_write
         )
         ref_reads, ref = ref_lrua_step(ref, keys, gate, keys, 0.95, read_after_write)
         assert_allclose(reads.numpy(), ref_reads, rtol=1e-10, atol=1e-12)
     for got, want in zip(state, ref):
         assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("read_after_write", [True, False])
+@pytest.mark.parametrize("batch, heads, slots, width", SHAPES)
+def test_fused_step_equals_reference_step_with_gradients(
+    batch, heads, slots, width, read_after_write
+):
+    rng = np.random.default_rng(15)
+    M, usage, prev_r, prev_lu = random_state(rng, batch, heads, slots, width)
+    arrays = [
+        np.tanh(rng.standard_normal((batch, heads, width))),
+        unit_sigmoid(rng, (batch, heads)),
+        rng.standard_normal((batch, heads, width)),
+        M,
+    ]
+    results = []
+    for fn in (mem.lrua_step, mem.lrua_step_fused):
+        leaves = [t(a).requires_grad_() for a in arrays]
+        keys, gate, content, memory = leaves
+        state = mem.MemoryState(memory, t(usage), t(prev_r), t(prev_lu))
+        reads, new = fn(
+            state, keys, gate, content, gamma=0.9, read_after_write=read_after_write
+        )
+        (reads.sin().sum() + new.memory.cos().sum() + new.usage.square().sum()).backward()
+        results.append(([reads, *new], [leaf.grad for leaf in leaves]))
+    (ref_out, ref_grads), (out, grads) = results
+    for got, want in zip(out, ref_out):
+        assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-12, atol=1e-13)
+    for got, want in zip(grads, ref_grads):
+        assert_allclose(got.numpy(), want.numpy(), rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------
@@ -456,7 +505,8 @@ def make_step_state(usage, prev_read_slot, slots=5, width=3, seed=0):
     return M, usage, prev_r, ref_least_used(usage, 1)
 
 
-def test_step_gate_one_writes_where_it_read_at_t_minus_1():
+@STEP_FNS
+def test_step_gate_one_writes_where_it_read_at_t_minus_1(step_fn):
     """gate=1: all the write goes to w^r_{t-1}, here slot 0.
 
     The key matches slot 3, so using this step's read weights would spread
@@ -465,7 +515,7 @@ def test_step_gate_one_writes_where_it_read_at_t_minus_1():
     M, usage, prev_r, prev_lu = make_step_state([0.5, 0.6, 0.7, 0.8, 0.1], 0)
     keys = M[:, 3:4, :].copy()
     content = np.array([[[10.0, 20.0, 30.0]]])
-    _, new = mem.lrua_step(
+    _, new = step_fn(
         to_state((M, usage, prev_r, prev_lu)), t(keys), t([[1.0]]), t(content)
     )
     got = new.memory.numpy()
@@ -475,7 +525,8 @@ def test_step_gate_one_writes_where_it_read_at_t_minus_1():
     assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_step_gate_zero_writes_to_least_used_of_t_minus_1():
+@STEP_FNS
+def test_step_gate_zero_writes_to_least_used_of_t_minus_1(step_fn):
     """gate=0: the write goes to w^lu_{t-1} (slot 1), not to a mask of new usage.
 
     The key matches slot 1, so after this step's read slot 1 is no longer the
@@ -489,7 +540,7 @@ def test_step_gate_zero_writes_to_least_used_of_t_minus_1():
     read_now = mem.read_weights(mem.cosine_similarity(t(keys), t(M))).numpy()
     premature = ref_least_used(0.95 * usage + read_now[:, 0], 1)
     assert premature[0, 1] == 0  # the wrong mask would not pick slot 1
-    _, new = mem.lrua_step(state, t(keys), t([[0.0]]), t(content))
+    _, new = step_fn(state, t(keys), t([[0.0]]), t(content))
     want = M.copy()
     want[0, 1] = content[0, 0]  # erased (least used at t-1), then written
     assert_allclose(new.memory.numpy(), want, rtol=1e-12, atol=1e-12)
@@ -498,12 +549,16 @@ def test_step_gate_zero_writes_to_least_used_of_t_minus_1():
     assert_allclose(new.usage.numpy(), want_usage, rtol=1e-12)
 
 
-def test_step_erases_with_previous_usage_only():
+@STEP_FNS
+def test_step_erases_with_previous_usage_only(step_fn):
     """Erase uses w^u_{t-1}: with no content written, only that slot changes."""
     M, usage, prev_r, prev_lu = make_step_state([0.4, 0.2, 0.05, 0.1, 0.3], 2)
     keys = M[:, 0:1, :].copy()
-    _, new = mem.lrua_step(
-        to_state((M, usage, prev_r, prev_lu)), t(keys), t([[0.5]]), t(np.zeros((1, 1, 3)))
+    _, new = step_fn(
+        to_state((M, usage, prev_r, prev_lu)),
+        t(keys),
+        t([[0.5]]),
+        t(np.zeros((1, 1, 3))),
     )
     got = new.memory.numpy()
     assert_array_equal(got[0, 2], 0.0)
@@ -513,12 +568,13 @@ def test_step_erases_with_previous_usage_only():
     assert int(np.argmin(new.usage.numpy()[0])) != 2
 
 
+@STEP_FNS
 @pytest.mark.parametrize("read_after_write", [True, False])
-def test_step_reads_the_documented_memory(read_after_write):
+def test_step_reads_the_documented_memory(read_after_write, step_fn):
     rng = np.random.default_rng(11)
     state = random_state(rng, 1, 1, 4, 3)
     keys = np.tanh(rng.standard_normal((1, 1, 3)))
-    reads, new = mem.lrua_step(
+    reads, new = step_fn(
         to_state(state), t(keys), t([[0.3]]), t(keys), read_after_write=read_after_write
     )
     source = new.memory.numpy() if read_after_write else state[0]
@@ -527,11 +583,12 @@ def test_step_reads_the_documented_memory(read_after_write):
     assert_allclose(new.read_weights.numpy(), w, rtol=1e-10)
 
 
-def test_step_new_least_used_comes_from_new_usage():
+@STEP_FNS
+def test_step_new_least_used_comes_from_new_usage(step_fn):
     rng = np.random.default_rng(12)
     state = random_state(rng, 2, 3, 8, 4)
     keys = np.tanh(rng.standard_normal((2, 3, 4)))
-    _, new = mem.lrua_step(to_state(state), t(keys), t(rng.random((2, 3))), t(keys))
+    _, new = step_fn(to_state(state), t(keys), t(rng.random((2, 3))), t(keys))
     assert_array_equal(new.least_used.numpy(), ref_least_used(new.usage.numpy(), 3))
 
 
@@ -555,13 +612,14 @@ def test_initial_state(batch, slots, width, n_reads):
     assert_array_equal(s.least_used.numpy(), want_lu)
 
 
-def test_first_step_from_initial_state_writes_to_first_slots():
+@STEP_FNS
+def test_first_step_from_initial_state_writes_to_first_slots(step_fn):
     """At t=1: w^r_0 = 0, so the write goes to the first n slots, scaled by 1-gate."""
     batch, heads, slots, width = 1, 2, 5, 3
     s = mem.initial_state(batch, slots, width, heads, dtype=torch.float64)
     keys = t(np.full((1, 2, 3), 0.5))
     gate = t([[0.25, 0.75]])
-    _, new = mem.lrua_step(s, keys, gate, keys)
+    _, new = step_fn(s, keys, gate, keys)
     got = new.memory.numpy()[0]
     # slot 0 erased then written by both heads: (0.75 + 0.25) * 0.5
     assert_allclose(got[0], 0.5)
@@ -574,8 +632,9 @@ def test_first_step_from_initial_state_writes_to_first_slots():
 # ---------------------------------------------------------------------------
 
 
+@STEP_FNS
 @pytest.mark.parametrize("read_after_write", [True, False])
-def test_gradcheck_lrua_step(read_after_write):
+def test_gradcheck_lrua_step(read_after_write, step_fn):
     rng = np.random.default_rng(13)
     batch, heads, slots, width = 2, 2, 5, 3
     M, usage, prev_r, prev_lu = random_state(rng, batch, heads, slots, width)
@@ -586,7 +645,7 @@ def test_gradcheck_lrua_step(read_after_write):
 
     def f(keys, gate, content, memory):
         state = mem.MemoryState(memory, t(usage), t(prev_r), t(prev_lu))
-        reads, new = mem.lrua_step(
+        reads, new = step_fn(
             state, keys, gate, content, read_after_write=read_after_write
         )
         # the new least-used mask is piecewise constant: left out
@@ -595,7 +654,8 @@ def test_gradcheck_lrua_step(read_after_write):
     assert torch.autograd.gradcheck(f, (keys, gate, content, memory))
 
 
-def test_gradient_reaches_keys_gate_content_and_memory():
+@STEP_FNS
+def test_gradient_reaches_keys_gate_content_and_memory(step_fn):
     rng = np.random.default_rng(14)
     M, usage, prev_r, prev_lu = random_state(rng, 2, 2, 5, 3)
     leaves = [
@@ -606,7 +666,7 @@ def test_gradient_reaches_keys_gate_content_and_memory():
     ]
     keys, gate, content, memory = leaves
     state = mem.MemoryState(memory, t(usage), t(prev_r), t(prev_lu))
-    reads, _ = mem.lrua_step(state, keys, gate, content)
+    reads, _ = step_fn(state, keys, gate, content)
     reads.square().sum().backward()
     for leaf in leaves:
         assert leaf.grad is not None and leaf.grad.abs().sum() > 0
@@ -632,7 +692,9 @@ def test_gradcheck_mann_step(controller, write_content):
     # take two steps so that the state is not the trivial initial one
     with torch.no_grad():
         for _ in range(2):
-            _, state0 = net.step(torch.rand(2, n_in + n_lab, dtype=torch.float64), state0)
+            _, state0 = net.step(
+                torch.rand(2, n_in + n_lab, dtype=torch.float64), state0
+            )
     inputs = torch.rand(2, n_in + n_lab, dtype=torch.float64, requires_grad=True)
     memory = state0.memory.memory.clone().requires_grad_()
 

@@ -1,4 +1,4 @@
-"""Tests for :mod:`sk_mann.metrics` and the nearest-neighbour :mod:`sk_mann.baselines`."""
+"""Tests for :mod:`sk_mann.metrics` and the baselines of :mod:`sk_mann.baselines`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from sk_mann.metrics import DEFAULT_INSTANCES, evaluate_network, per_instance_ac
 from sk_mann.model import MANN
 
 # SklearnKNN refits on a handful of samples with as many classes: sklearn warns.
-pytestmark = pytest.mark.filterwarnings("ignore:The number of unique classes:UserWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The number of unique classes:UserWarning"
+)
 
 
 # ---------------------------------------------------------------------------
@@ -52,12 +54,18 @@ def test_per_instance_accuracy_matches_a_loop():
     instance = rng.integers(1, 6, size=(30, 20))
     res = per_instance_accuracy(correct, instance, instances=(1, 2, 5, 10))
     for k, acc, ci in zip(res["instances"], res["accuracy"], res["ci95"]):
-        per_episode = [correct[e][instance[e] == k].mean() for e in range(30) if (instance[e] == k).any()]
+        per_episode = [
+            correct[e][instance[e] == k].mean()
+            for e in range(30)
+            if (instance[e] == k).any()
+        ]
         if not per_episode:
             assert math.isnan(acc) and math.isnan(ci)
             continue
         assert_allclose(acc, np.mean(per_episode), rtol=1e-12)
-        assert_allclose(ci, 1.96 * np.std(per_episode, ddof=1) / math.sqrt(len(per_episode)))
+        assert_allclose(
+            ci, 1.96 * np.std(per_episode, ddof=1) / math.sqrt(len(per_episode))
+        )
 
 
 def test_per_instance_accuracy_default_instances():
@@ -85,7 +93,9 @@ class ConstantCode(torch.nn.Module):
 
     def forward(self, x, label_in):
         out = torch.zeros(*label_in.shape, dtype=x.dtype)
-        out[..., ::5] = 1.0  # the first unit of each group (5-way one-hot or 5x5 string)
+        out[..., ::5] = (
+            1.0  # the first unit of each group (5-way one-hot or 5x5 string)
+        )
         return out
 
 
@@ -119,9 +129,16 @@ def test_evaluate_network_grades_against_the_right_targets(small_data, labels):
     X, y = small_data
     sampler = EpisodeSampler(X, y, n_way=5, n_per_class=3, labels=labels)
     net = PeekNextLabel()
-    res = evaluate_network(net, sampler, n_episodes=23, seed=4, batch_size=10, instances=(1, 2, 3))
+    res = evaluate_network(
+        net, sampler, n_episodes=23, seed=4, batch_size=10, instances=(1, 2, 3)
+    )
     eps = replay(sampler, 23, 4, 10)
-    correct = np.concatenate([np.column_stack([np.ones((len(e.codes), 14), bool), e.codes[:, -1] == 0]) for e in eps])
+    correct = np.concatenate(
+        [
+            np.column_stack([np.ones((len(e.codes), 14), bool), e.codes[:, -1] == 0])
+            for e in eps
+        ]
+    )
     instance = np.concatenate([e.instance for e in eps])
     want = per_instance_accuracy(correct, instance, (1, 2, 3))
     assert res["n_episodes"] == 23
@@ -134,7 +151,9 @@ def test_evaluate_network_constant_prediction_is_chance(small_data):
     """One-hot 5-way: code 0 is the label of exactly one of the 5 classes."""
     X, y = small_data
     sampler = EpisodeSampler(X, y, n_way=5, n_per_class=4)
-    res = evaluate_network(ConstantCode(), sampler, n_episodes=400, instances=(1, 2, 3, 4))
+    res = evaluate_network(
+        ConstantCode(), sampler, n_episodes=400, instances=(1, 2, 3, 4)
+    )
     assert_allclose(res["accuracy"], 0.2, rtol=1e-12)
     assert_allclose(res["ci95"], 0.0, atol=1e-12)
 
@@ -165,7 +184,9 @@ def test_evaluate_network_is_reproducible(small_data):
 def test_evaluate_network_runs_in_eval_mode_and_restores_the_mode(small_data, training):
     X, y = small_data
     net = PeekNextLabel().train(training)
-    evaluate_network(net, EpisodeSampler(X, y, n_way=3, n_per_class=2), n_episodes=5, batch_size=2)
+    evaluate_network(
+        net, EpisodeSampler(X, y, n_way=3, n_per_class=2), n_episodes=5, batch_size=2
+    )
     assert net.modes == [False, False, False]
     assert net.training is training
 
@@ -198,13 +219,17 @@ def test_evaluate_online_predicts_then_learns_and_resets_per_episode(small_data)
     sampler = EpisodeSampler(X, y, n_way=3, n_per_class=3)
     learner = PreviousCode()
     learner.resets = 0
-    res = evaluate_online(learner, sampler, n_episodes=14, seed=2, batch_size=5, instances=(1, 2, 3))
+    res = evaluate_online(
+        learner, sampler, n_episodes=14, seed=2, batch_size=5, instances=(1, 2, 3)
+    )
     assert learner.resets == 14
     eps = replay(sampler, 14, 2, 5)
     codes = np.concatenate([e.codes for e in eps])
     correct = np.zeros(codes.shape, dtype=bool)
     correct[:, 1:] = codes[:, 1:] == codes[:, :-1]
-    want = per_instance_accuracy(correct, np.concatenate([e.instance for e in eps]), (1, 2, 3))
+    want = per_instance_accuracy(
+        correct, np.concatenate([e.instance for e in eps]), (1, 2, 3)
+    )
     assert_allclose(res["accuracy"], want["accuracy"], rtol=1e-12)
 
 
@@ -216,7 +241,9 @@ def prototype_sampler(prototypes_data):
 
 @pytest.mark.parametrize("learner", [SklearnKNN, RiverKNN], ids=["sklearn", "river"])
 def test_one_nn_is_one_shot_on_separable_prototypes(prototype_sampler, learner):
-    res = evaluate_online(learner(1), prototype_sampler, n_episodes=10, seed=0, instances=(1, 2, 3))
+    res = evaluate_online(
+        learner(1), prototype_sampler, n_episodes=10, seed=0, instances=(1, 2, 3)
+    )
     acc1, acc2, acc3 = res["accuracy"]
     # 1st instance: only the random guess at t=0 can be right (0 or 1/5 per episode)
     assert acc1 < 0.1

@@ -57,7 +57,11 @@ NETWORKS = [pytest.param(("mann", c), id=config_id(c)) for c in MANN_CONFIGS] + 
 
 def make_net(spec, dtype=torch.float64, seed=0):
     kind, cfg = spec
-    return make_mann(cfg, dtype, seed) if kind == "mann" else make_baseline(kind, dtype, seed)
+    return (
+        make_mann(cfg, dtype, seed)
+        if kind == "mann"
+        else make_baseline(kind, dtype, seed)
+    )
 
 
 def episodes(dtype=torch.float64, seed=1, batch=BATCH, steps=T):
@@ -96,7 +100,9 @@ def test_forward_shape(spec):
 def test_step_shape(spec):
     net = make_net(spec)
     state = net.initial_state(BATCH)
-    logits, state = net.step(torch.rand(BATCH, N_IN + N_LAB, dtype=torch.float64), state)
+    logits, state = net.step(
+        torch.rand(BATCH, N_IN + N_LAB, dtype=torch.float64), state
+    )
     assert logits.shape == (BATCH, N_OUT)
 
 
@@ -104,7 +110,10 @@ def test_step_shape(spec):
 def test_mann_state_shapes(cfg):
     net = make_mann(cfg)
     state = net.initial_state(BATCH)
-    for s in (state, net.step(torch.rand(BATCH, N_IN + N_LAB, dtype=torch.float64), state)[1]):
+    for s in (
+        state,
+        net.step(torch.rand(BATCH, N_IN + N_LAB, dtype=torch.float64), state)[1],
+    ):
         assert isinstance(s, MANNState)
         assert s.h.shape == (BATCH, 8)
         assert s.c.shape == (BATCH, 8)
@@ -130,7 +139,9 @@ def test_mann_initial_state_values():
     [("lstm", True, 8 + 6), ("lstm", False, 8), ("ff", True, 6), ("ff", False, None)],
 )
 def test_recurrent_input_size(controller, read_feedback, in_features):
-    net = MANN(N_IN, N_LAB, N_OUT, controller=controller, read_feedback=read_feedback, **SMALL)
+    net = MANN(
+        N_IN, N_LAB, N_OUT, controller=controller, read_feedback=read_feedback, **SMALL
+    )
     if in_features is None:
         assert net.recurrent_proj is None
     else:
@@ -138,7 +149,9 @@ def test_recurrent_input_size(controller, read_feedback, in_features):
     assert net.output.in_features == 8 + 2 * 3  # o_t = [h_t ; r_t]
 
 
-@pytest.mark.parametrize("write_content, n_head", [("key", 2 * 3 + 2), ("add", 2 * 3 * 2 + 2)])
+@pytest.mark.parametrize(
+    "write_content, n_head", [("key", 2 * 3 + 2), ("add", 2 * 3 * 2 + 2)]
+)
 def test_head_size(write_content, n_head):
     net = MANN(N_IN, N_LAB, N_OUT, write_content=write_content, **SMALL)
     assert net.head.out_features == n_head
@@ -152,7 +165,9 @@ def test_mann_defaults_are_the_papers():
     assert net.output.in_features == 200 + 4 * 40
 
 
-@pytest.mark.parametrize("kwargs", [dict(controller="gru"), dict(write_content="erase")])
+@pytest.mark.parametrize(
+    "kwargs", [dict(controller="gru"), dict(write_content="erase")]
+)
 def test_mann_rejects_bad_options(kwargs):
     with pytest.raises(ValueError):
         MANN(N_IN, N_LAB, N_OUT, **kwargs)
@@ -169,7 +184,9 @@ def test_forward_equals_stepping(spec):
     x, label_in = episodes()
     batched = net(x, label_in)
     streamed, _ = run_steps(net, x, label_in)
-    assert_allclose(streamed.detach().numpy(), batched.detach().numpy(), rtol=1e-10, atol=1e-12)
+    assert_allclose(
+        streamed.detach().numpy(), batched.detach().numpy(), rtol=1e-10, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("spec", NETWORKS)
@@ -178,7 +195,9 @@ def test_forward_equals_stepping_float32(spec):
     x, label_in = episodes(dtype=torch.float32)
     batched = net(x, label_in)
     streamed, _ = run_steps(net, x, label_in)
-    assert_allclose(streamed.detach().numpy(), batched.detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert_allclose(
+        streamed.detach().numpy(), batched.detach().numpy(), rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("spec", NETWORKS)
@@ -264,7 +283,9 @@ def test_mann_memory_is_used(cfg):
             _, state = net.step(inputs, state)
         base, _ = net.step(inputs, state)
         M = state.memory.memory
-        moved = state._replace(memory=state.memory._replace(memory=M + torch.rand_like(M)))
+        moved = state._replace(
+            memory=state.memory._replace(memory=M + torch.rand_like(M))
+        )
         other, _ = net.step(inputs, moved)
     assert not torch.allclose(other, base)
 
@@ -284,9 +305,13 @@ def test_lstm_forget_gate_bias_is_one():
 def test_gradients_reach_every_parameter(spec):
     net = make_net(spec)
     x, label_in = episodes()
-    targets = torch.randint(0, N_OUT, (BATCH, T), generator=torch.Generator().manual_seed(3))
+    targets = torch.randint(
+        0, N_OUT, (BATCH, T), generator=torch.Generator().manual_seed(3)
+    )
     logits = net(x, label_in)
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, N_OUT), targets.reshape(-1))
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, N_OUT), targets.reshape(-1)
+    )
     loss.backward()
     for name, p in net.named_parameters():
         assert p.grad is not None, name

@@ -25,8 +25,17 @@ def _stream(module, n_steps, seed=0):
 def test_numpy_stream_equals_torch(controller, feedback, content, raw):
     torch.manual_seed(0)
     module = MANN(
-        12, 3, 3, controller=controller, controller_size=16, n_slots=6, slot_size=5,
-        n_reads=2, read_feedback=feedback, write_content=content, read_after_write=raw,
+        12,
+        3,
+        3,
+        controller=controller,
+        controller_size=16,
+        n_slots=6,
+        slot_size=5,
+        n_reads=2,
+        read_feedback=feedback,
+        write_content=content,
+        read_after_write=raw,
     ).double()  # float64: slots written alike have near-equal usages, and float32
     # rounding may order such near-ties differently in the two implementations.
     fast = NumpyMANN(module)
@@ -36,7 +45,9 @@ def test_numpy_stream_equals_torch(controller, feedback, content, raw):
         for inputs in _stream(module, 20):
             logits_t, state_t = module.step(inputs, state_t)
             logits_n, state_n = fast.step(inputs.numpy(), state_n)
-            np.testing.assert_allclose(logits_n, logits_t.numpy(), rtol=1e-9, atol=1e-10)
+            np.testing.assert_allclose(
+                logits_n, logits_t.numpy(), rtol=1e-9, atol=1e-10
+            )
     for a, b in zip(
         NumpyMANN.state_to_torch(state_n).memory, state_t.memory, strict=True
     ):

@@ -43,7 +43,9 @@ def pretrained_manifest(name: str) -> dict[str, Any]:
     """The manifest (how the weights were made) of a shipped model."""
     path = _HERE / f"{name}.json"
     if not path.exists():
-        raise ValueError(f"No shipped model named {name!r}; available: {list_pretrained()}.")
+        raise ValueError(
+            f"No shipped model named {name!r}; available: {list_pretrained()}."
+        )
     return json.loads(path.read_text())
 
 
@@ -55,14 +57,17 @@ def resolve(pretrained: str | os.PathLike) -> Path:
     path = Path(text).expanduser()
     if not path.exists():
         raise FileNotFoundError(
-            f"pretrained={text!r} is neither a shipped model ({list_pretrained()}) nor an "
-            "existing file. Pass one of those names or the path of a weights file written "
+            f"pretrained={text!r} is neither a shipped model ({list_pretrained()}) "
+            "nor an existing file. Pass one of those names or the path of a weights "
+            "file written "
             "by `sk-mann train` or `sk_mann.pretrained.save_weights`."
         )
     return path
 
 
-def save_weights(path: str | os.PathLike, module: torch.nn.Module, config: dict) -> Path:
+def save_weights(
+    path: str | os.PathLike, module: torch.nn.Module, config: dict
+) -> Path:
     """Write ``module``'s parameters and its ``config`` to ``path`` (CPU tensors)."""
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     payload = {"format": FORMAT, "config": config, "state_dict": state}
