@@ -68,7 +68,7 @@ def inline(text: str) -> str:
 def _cell(text: str) -> str:
     """A table cell: inline markup, never read as a list marker."""
     rst = inline(text.strip())
-    if re.match(r"^([-+*]|\d+[.)]|#\.)", rst):
+    if re.match(r"^([-+*]|\d+[.)]|#\.)(\s|$)", rst):
         rst = "\\" + rst
     return rst
 

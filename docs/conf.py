@@ -20,6 +20,7 @@ Environment variables:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ from _md2rst import md_to_rst  # noqa: E402
 # -- Project -----------------------------------------------------------------
 project = "sk_mann"
 author = "sk_mann developers"
-copyright = "2025, sk_mann developers"
+copyright = "sk_mann developers"
 release = sk_mann.__version__
 version = ".".join(release.split(".")[:2])
 
@@ -175,17 +176,26 @@ def generate_pages(app) -> None:
     _write_if_changed(GENERATED / "changelog.rst.inc", text)
 
 
-def skip_namedtuple_fields(app, what, name, obj, skip, options):
-    """Hide the "Alias for field number N" members of NamedTuples.
+_SKLEARN_REQUEST_METHOD = re.compile(r"^set_\w+_request$")
 
-    Their fields are described in the class's Attributes section.
+
+def skip_members(app, what, name, obj, skip, options):
+    """Hide members that are documented elsewhere.
+
+    - the "Alias for field number N" members of NamedTuples: their fields are
+      described in the class's Attributes section;
+    - the ``set_{method}_request`` methods that scikit-learn's metadata routing
+      adds to every estimator: their docstrings link into scikit-learn's own
+      documentation (see scikit-learn's metadata routing user guide).
     """
     doc = getattr(obj, "__doc__", None) or ""
     if doc.startswith("Alias for field number"):
+        return True
+    if what == "class" and _SKLEARN_REQUEST_METHOD.match(name):
         return True
     return None
 
 
 def setup(app):
     app.connect("builder-inited", generate_pages)
-    app.connect("autodoc-skip-member", skip_namedtuple_fields)
+    app.connect("autodoc-skip-member", skip_members)

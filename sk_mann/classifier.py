@@ -456,7 +456,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         # The label objects as first given (River keys): keep them, not numpy copies.
         objects = getattr(self, "class_objects_", {})
         self.class_objects_ = {
-            k: objects.get(k, c) for k, c in zip(self.class_index_, classes)
+            k: objects.get(k, _hashable(c)) for k, c in zip(self.class_index_, classes)
         }
 
     def _bind(self, label) -> int:
@@ -707,8 +707,8 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                 list(getattr(self, "feature_names_in_", range(X.shape[1])))
             )
         if classes is not None:
-            self._add_classes(list(classes))
-        self._add_classes(list(y))
+            self._add_classes(np.asarray(classes).tolist())
+        self._add_classes(y.tolist())  # Python scalars, as an array holds no objects
         self._write(X, list(y))
         return self
 

@@ -182,6 +182,12 @@ class EpisodeSampler:
             raise ValueError(
                 "rotate_classes and augment need image_shape=(height, width)."
             )
+        if rotate_classes and image_shape[0] != image_shape[1]:
+            raise ValueError(
+                "rotate_classes=True needs square images, got "
+                f"image_shape={image_shape} (a 90-degree turn swaps height and "
+                "width); set rotate_classes=False."
+            )
         if image_shape is not None and int(np.prod(image_shape)) != self.X.shape[1]:
             raise ValueError(
                 f"image_shape={image_shape} does not match {self.X.shape[1]} features."

@@ -232,6 +232,16 @@ def test_image_shape_must_match_the_features(data):
         EpisodeSampler(X, y, n_way=3, image_shape=(3, 3))
 
 
+def test_rotate_classes_needs_square_images():
+    X = np.random.default_rng(0).random((8, 6)).astype(np.float32)
+    y = np.repeat(np.arange(4), 2)
+    with pytest.raises(ValueError, match="image_shape"):
+        s = EpisodeSampler(
+            X, y, n_way=8, n_per_class=1, image_shape=(2, 3), rotate_classes=True
+        )
+        s.sample(2, np.random.default_rng(0))  # today: a broadcasting ValueError
+
+
 def test_n_way_larger_than_the_codes_is_an_error(data):
     X, y = data
     with pytest.raises(ValueError, match="codes"):
@@ -239,7 +249,7 @@ def test_n_way_larger_than_the_codes_is_an_error(data):
 
 
 def test_a_scheme_with_more_codes_than_classes(data):
-    """Codes are drawn from the whole scheme, e.g. 8 one-hot codes for 3-way episodes."""
+    """Codes come from the whole scheme, e.g. 8 one-hot codes for 3-way episodes."""
     X, y = data
     s = EpisodeSampler(X, y, n_way=3, n_per_class=2, scheme=LabelScheme(1, 8))
     assert s.scheme == LabelScheme(1, 8)

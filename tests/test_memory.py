@@ -319,8 +319,8 @@ def test_write_matches_reference(batch, heads, slots, width):
 @pytest.mark.parametrize("gamma", [0.95, 0.99])
 @pytest.mark.parametrize("batch, heads, slots, width", SHAPES)
 def test_lrua_step_matches_reference(
-    batch, heads, slots, width, gamma, read_after_write
-, step_fn):
+    batch, heads, slots, width, gamma, read_after_write, step_fn
+):
     rng = np.random.default_rng(9)
     state = random_state(rng, batch, heads, slots, width)
     keys = np.tanh(rng.standard_normal((batch, heads, width)))
@@ -384,11 +384,15 @@ def test_fused_step_equals_reference_step_with_gradients(
         reads, new = fn(
             state, keys, gate, content, gamma=0.9, read_after_write=read_after_write
         )
-        (reads.sin().sum() + new.memory.cos().sum() + new.usage.square().sum()).backward()
+        (
+            reads.sin().sum() + new.memory.cos().sum() + new.usage.square().sum()
+        ).backward()
         results.append(([reads, *new], [leaf.grad for leaf in leaves]))
     (ref_out, ref_grads), (out, grads) = results
     for got, want in zip(out, ref_out):
-        assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-12, atol=1e-13)
+        assert_allclose(
+            got.detach().numpy(), want.detach().numpy(), rtol=1e-12, atol=1e-13
+        )
     for got, want in zip(grads, ref_grads):
         assert_allclose(got.numpy(), want.numpy(), rtol=1e-10, atol=1e-12)
 
