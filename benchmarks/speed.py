@@ -102,6 +102,44 @@ def train_throughput(batch_sizes, iters: int) -> list[dict]:
     return out
 
 
+def optimisations(iters: int) -> dict:
+    """Before/after of each optimisation, measured in this run.
+
+    "Before" swaps the straightforward code back in: the reference LRUA step
+    built from one function per equation, and the torch step in the
+    estimator's streaming path.
+    """
+    import sk_mann.model as model_mod
+    from sk_mann import memory as mem
+
+    out = {}
+    fused = model_mod.mem.lrua_step_fused
+    for name, step in (
+        ("reference lrua_step", mem.lrua_step),
+        ("lrua_step_fused", fused),
+    ):
+        model_mod.mem.lrua_step_fused = step
+        try:
+            out[f"train batch 16, {name}"] = train_throughput([16], iters)[0]
+        finally:
+            model_mod.mem.lrua_step_fused = fused
+    xs, ys, _ = _stream(600)
+    for name, use_numpy in (("torch step", False), ("NumPy step", True)):
+        mann = MANNOneShotClassifier(**PAPER, seed=0)
+        mann.learn_one(xs[0], ys[0])
+        if not use_numpy:
+            mann._numpy_ = None
+        out[f"stream, {name}"] = _latency(
+            mann,
+            xs[1:],
+            ys[1:],
+            lambda m, x, y: m.learn_one(x, y),
+            lambda m, x: m.predict_one(x),
+        )
+        print(f"stream {name}: {out[f'stream, {name}']['median_us']:.0f} us")
+    return out
+
+
 def _stream(n: int, seed: int = 0):
     """A 400-feature dict stream of 5 classes (prototypes + noise)."""
     rng = np.random.default_rng(seed)
@@ -279,6 +317,20 @@ def write_markdown(p: dict) -> None:
             lines.append(f"| {k} | {v['median_us']:.0f} | {v['p99_us']:.0f} |")
     lines += [
         "",
+        "Optimisations, before and after, measured in this run:",
+        "",
+        "| measurement | value |",
+        "|---|---|",
+    ]
+    for k, v in p["optimisations"].items():
+        val = (
+            f"{v['episodes_per_s']:.0f} episodes/s"
+            if "episodes_per_s" in v
+            else f"median {v['median_us']:.0f} us, p99 {v['p99_us']:.0f} us"
+        )
+        lines.append(f"| {k} | {val} |")
+    lines += [
+        "",
         f"Batch `predict`: {p['streaming']['batch_predict_rows_per_s']:.0f} rows/s.",
         f"Peak RSS of a meta-training process: {p['train_peak_rss_mib']:.0f} MiB.",
         "",
@@ -346,6 +398,7 @@ def main() -> None:
     print(f"matmul peak: {payload['matmul_peak_gflops']:.0f} GFLOP/s")
     payload["flops_per_episode"] = flops_per_episode()
     payload["training"] = train_throughput(args.batch_sizes, args.iters)
+    payload["optimisations"] = optimisations(args.iters)
     payload["train_peak_rss_mib"] = training_peak_rss(args.threads)
     payload["streaming"] = streaming(args.stream)
     payload["state_growth"] = state_growth(args.stream_samples)

@@ -1,4 +1,4 @@
-"""Convert the simple Markdown written by the benchmark scripts (and CHANGELOG.md) to rst.
+"""Convert the simple Markdown of the benchmark results and CHANGELOG.md to rst.
 
 myst-parser is not a dependency of the docs, so the Sphinx build turns the few
 Markdown constructs these files use into reStructuredText itself:

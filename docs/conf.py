@@ -49,16 +49,8 @@ extensions = [
     "sphinx_gallery.gen_gallery",
 ]
 templates_path = ["_templates"]
-exclude_patterns = [
-    "_build",
-    "_generated_results",
-    "README.md",
-    "auto_examples/*.ipynb",
-    "auto_examples/*.py",
-    "auto_examples/*.zip",
-    "auto_examples/*.md5",
-    "auto_examples/*.codeobj.json",
-]
+# _generated_results holds rst fragments that pages include (see generate_pages).
+exclude_patterns = ["_build", "_generated_results"]
 root_doc = "index"
 default_role = "literal"
 # intersphinx is deliberately not used: the build must work offline.
@@ -124,7 +116,7 @@ BENCHMARK_RESULTS = {
 
 
 def _write_if_changed(path: Path, text: str) -> None:
-    """Write ``text``; leave the file (and Sphinx's rebuild state) alone if unchanged."""
+    """Write ``text``, unless the file already holds it (keeps Sphinx's cache)."""
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         path.write_text(text, encoding="utf-8")
 

@@ -133,7 +133,7 @@ class NumpyMANN:
         usage = m.gamma * mem.usage + (read_w + write_w).sum(axis=1)
         order = np.argsort(usage, axis=1, kind="stable")[:, :R]
         least_used = np.zeros_like(usage)
-        np.put_along_axis(least_used, order, 1.0, axis=1)
+        least_used[np.arange(n)[:, None], order] = 1.0
         logits = np.concatenate([h, reads], axis=1) @ self.w_out_t + self.b_out
         dt = self.b_out.dtype  # the network's dtype (float32, or float64 in tests)
         new_state = MANNState(
