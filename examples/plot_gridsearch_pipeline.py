@@ -67,16 +67,9 @@ pipe = make_pipeline(
 # :func:`~sk_mann.episodic_scorer` returns ``scorer(estimator, X, y)``: it draws
 # ``n_episodes`` episodes of the paper's protocol from the test fold ``(X, y)``
 # and runs them through the fitted network, each from a wiped memory, and
-# returns the accuracy at the given instance. It scores the MANN itself, so we
-# apply it to the last step of the pipeline, on test data transformed by the
-# pipeline's first steps.
+# returns the accuracy at the given instance. Given a pipeline, it passes the
+# test fold through the pipeline's first steps and scores the MANN at its end.
 mann_scorer = episodic_scorer(2, n_episodes=200, seed=0)
-
-
-def one_shot_accuracy(pipeline, X, y):
-    """2nd-instance accuracy of the pipeline's MANN on the classes of ``y``."""
-    return mann_scorer(pipeline[-1], pipeline[:-1].transform(X), y)
-
 
 # %%
 # Grid search
@@ -91,7 +84,7 @@ search = GridSearchCV(
     pipe,
     param_grid,
     cv=GroupKFold(n_splits=2),
-    scoring=one_shot_accuracy,
+    scoring=mann_scorer,
     n_jobs=2,
     refit=False,
 )

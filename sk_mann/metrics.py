@@ -143,9 +143,10 @@ def evaluate_per_instance(
 
     Parameters
     ----------
-    estimator : MANNOneShotClassifier
+    estimator : MANNOneShotClassifier or Pipeline
         A fitted estimator (or one with ``pretrained`` weights that was
-        initialised by ``fit``, ``partial_fit`` or ``learn_one``).
+        initialised by ``fit``, ``partial_fit`` or ``learn_one``), or a fitted
+        ``Pipeline`` ending with one (``X`` goes through the earlier steps).
     X : array-like of shape (n_samples, n_features)
     y : array-like of shape (n_samples,)
     n_episodes : int, default=200
@@ -170,8 +171,12 @@ def evaluate_per_instance(
     names a class it has not seen, so through ``predict`` the first instance is
     always wrong.
     """
+    from sklearn.pipeline import Pipeline
     from sklearn.utils.validation import check_is_fitted
 
+    if isinstance(estimator, Pipeline):  # transform X by the steps before the MANN
+        X = estimator[:-1].transform(X)
+        estimator = estimator[-1]
     check_is_fitted(estimator, "module_")
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y)

@@ -1091,3 +1091,15 @@ def test_fast_state_size_is_independent_of_stream_length(data, fitted):
     assert [t.shape for t in state_tensors(est)] == shapes
     assert est._raw_memory_usage == usage
     assert len(est.bindings_) <= est.scheme_.n_codes
+
+
+def test_episodic_scorer_accepts_a_pipeline(data):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from sk_mann import episodic_scorer
+
+    X, y, Xn, yn = data
+    pipe = make_pipeline(StandardScaler(), make(n_episodes=8)).fit(X, y)
+    direct = episodic_scorer(2, n_episodes=10)(pipe[-1], pipe[:-1].transform(Xn), yn)
+    assert episodic_scorer(2, n_episodes=10)(pipe, Xn, yn) == direct
