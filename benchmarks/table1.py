@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -106,9 +107,22 @@ def make_network(name: str) -> torch.nn.Module:
         )
 
 
+def _segments_path(name: str) -> Path:
+    return RUNS / f"table1_{name}" / "segments.json"
+
+
 def train(args: argparse.Namespace) -> None:
     train_s, test_s = samplers(args.data_home)
     module = make_network(args.model)
+    settings = dict(MODELS[args.model]["train"])
+    if args.lr is not None:
+        settings["lr"] = args.lr
+    ckpt = RUNS / f"table1_{args.model}"
+    start = (
+        len(json.loads((ckpt / "history.json").read_text()))
+        if (ckpt / "history.json").exists()
+        else 0
+    )
     net = meta_train(
         module,
         train_s,
@@ -118,11 +132,23 @@ def train(args: argparse.Namespace) -> None:
         eval_episodes=500,
         eval_every=5,
         seed=0,
-        checkpoint_dir=RUNS / f"table1_{args.model}",
+        checkpoint_dir=ckpt,
         max_time=args.max_minutes * 60,
         progress_bar=False,
-        **MODELS[args.model]["train"],
+        **settings,
     )
+    # Provenance: which epochs ran with which settings (resumed runs add segments).
+    path = _segments_path(args.model)
+    segments = json.loads(path.read_text()) if path.exists() else []
+    segments.append(
+        {
+            "first_epoch": start + 1,
+            "last_epoch": len(net.history),
+            "lr": settings["lr"],
+            "threads": args.threads,
+        }
+    )
+    path.write_text(json.dumps(segments, indent=2))
     print(f"done: {len(net.history)} epochs")
 
 
@@ -350,6 +376,12 @@ def main() -> None:
     p.add_argument("--river-episodes", type=int, default=1000)
     p.add_argument("--max-minutes", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="train: learning rate for this (possibly resumed) segment",
+    )
     p.add_argument("--data-home", default=default_data_home())
     p.add_argument(
         "--export",

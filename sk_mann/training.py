@@ -233,7 +233,9 @@ def meta_train(
     device : str, default="cpu"
     checkpoint_dir : path or None
         Save parameters, optimiser and history here after every epoch; when it
-        already holds a checkpoint, resume from it.
+        already holds a checkpoint, resume from it. With a constant schedule the
+        ``lr`` given now replaces the checkpoint's, so a run can continue at a
+        lower rate; a cosine schedule continues where it stopped.
     max_time : float or None
         Stop after the first epoch that ends past ``max_time`` seconds.
     progress_bar : bool, default=True
@@ -310,6 +312,9 @@ def meta_train(
     done = 0
     if checkpoint is not None and (Path(checkpoint_dir) / "params.pt").exists():
         net.load_params(checkpoint=checkpoint)
+        if lr_schedule == "constant":  # the lr given now wins
+            for group in net.optimizer_.param_groups:
+                group["lr"] = lr
         done = len(net.history)
         if verbose:
             print(f"Resuming from {checkpoint_dir}: {done}/{n_epochs} epochs done.")

@@ -336,3 +336,28 @@ def test_quiet_training_prints_nothing(tiny_sampler, capsys):
     meta_train(tiny_mann(), tiny_sampler, n_episodes=EPOCH, **TINY)
     out = capsys.readouterr()
     assert out.out == ""
+
+
+def test_resume_with_a_lower_constant_lr_uses_it(tmp_path, prototypes_data):
+    X, y = prototypes_data
+    sampler = EpisodeSampler(X[y < 40], y[y < 40], n_way=3, n_per_class=2)
+
+    def run(episodes, lr):
+        torch.manual_seed(0)
+        module = MANN(64, 3, 3, controller_size=8, n_slots=4, slot_size=4, n_reads=1)
+        return meta_train(
+            module,
+            sampler,
+            n_episodes=episodes,
+            batch_size=2,
+            batches_per_epoch=2,
+            lr=lr,
+            checkpoint_dir=tmp_path,
+            progress_bar=False,
+            verbose=0,
+        )
+
+    run(4, 1e-3)
+    net = run(8, 1e-4)
+    assert len(net.history) == 2
+    assert all(g["lr"] == 1e-4 for g in net.optimizer_.param_groups)
