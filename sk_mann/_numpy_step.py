@@ -148,3 +148,76 @@ class NumpyMANN:
             ),
         )
         return logits, new_state
+
+    def predict_logits(self, inputs: np.ndarray, state: MANNState) -> np.ndarray:
+        """Logits of one step for ``n`` rows that all start from one state of batch 1.
+
+        Same result as :meth:`step` (up to rounding), without building each row's
+        memory after its write: with ``M'`` the erased shared memory and
+        ``M_row = M' + Ww^T C``, the cosine numerators, the norms of the written
+        rows and the read vectors expand into products with ``M'`` shared by all
+        rows plus ``heads x heads`` corrections per row. Only the logits are
+        returned (predictions throw the state away).
+        """
+        m = self.m
+        n = inputs.shape[0]
+        R, W = m.n_reads, m.slot_size
+        gates = inputs @ self.w_in_t + self.b_in
+        if self.w_rec_t is not None:
+            parts = ([state.h] if m.controller == "lstm" else []) + (
+                [state.reads] if m.read_feedback else []
+            )
+            rec = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            gates += rec @ self.w_rec_t
+        if m.controller == "lstm":
+            H = m.controller_size
+            i, f, o = (_sigmoid(gates[:, k * H : (k + 1) * H]) for k in (0, 1, 3))
+            h = o * np.tanh(f * state.c + i * np.tanh(gates[:, 2 * H : 3 * H]))
+        else:
+            h = np.tanh(gates)
+        head = h @ self.w_head_t + self.b_head
+        keys = np.tanh(head[:, : R * W]).reshape(n, R, W)
+        gate = _sigmoid(head[:, R * W : R * W + R])[:, :, None]
+        content = (
+            np.tanh(head[:, R * W + R :]).reshape(n, R, W)
+            if m.write_content == "add"
+            else keys
+        )
+        mem = state.memory
+        lu = mem.least_used[0]
+        write_w = lu + gate * (mem.read_weights[0] - lu)  # (n, R, N)
+        key_norm = np.linalg.norm(keys, axis=-1)  # (n, R)
+        if m.read_after_write:
+            base = mem.memory[0].copy()
+            base[np.argmin(mem.usage[0])] = 0.0  # M', shared
+            A = (keys.reshape(n * R, W) @ base.T).reshape(n, R, -1)  # k . M'_i
+            KC = np.matmul(keys, content.transpose(0, 2, 1))  # (n, R, R)
+            dots = A + np.matmul(KC, write_w)
+            P = (
+                A
+                if content is keys
+                else (content.reshape(n * R, W) @ base.T).reshape(n, R, -1)
+            )
+            CC = (
+                KC
+                if content is keys
+                else np.matmul(content, content.transpose(0, 2, 1))
+            )
+            norm2 = (base * base).sum(axis=1) + (
+                write_w * (2.0 * P + np.matmul(CC, write_w))
+            ).sum(axis=1)
+            mem_norm = np.sqrt(np.maximum(norm2, 0.0))  # (n, N)
+        else:
+            base = mem.memory[0]  # reads use M_{t-1}
+            dots = (keys.reshape(n * R, W) @ base.T).reshape(n, R, -1)
+            mem_norm = np.broadcast_to(np.linalg.norm(base, axis=1), (n, base.shape[0]))
+        sim = dots / (key_norm[:, :, None] * mem_norm[:, None, :] + _EPS)
+        sim = np.exp(sim - sim.max(axis=-1, keepdims=True))
+        read_w = sim / sim.sum(axis=-1, keepdims=True)
+        reads = (read_w.reshape(n * R, -1) @ base).reshape(n, R, W)
+        if m.read_after_write:  # + (w^r Ww^T) C
+            reads += np.matmul(np.matmul(read_w, write_w.transpose(0, 2, 1)), content)
+        return (
+            np.concatenate([h, reads.reshape(n, R * W)], axis=1) @ self.w_out_t
+            + self.b_out
+        )

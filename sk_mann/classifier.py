@@ -543,7 +543,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                 [rows, self._label_vector(self.prev_code_, n)], axis=1
             )
             if np_state is not None:
-                logits, _ = self._numpy_.step(inputs, np_state)
+                logits = self._numpy_.predict_logits(inputs, np_state)
                 out[start : start + n] = self.scheme_.code_log_probs_numpy(
                     logits, codes
                 )

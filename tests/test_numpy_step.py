@@ -79,3 +79,30 @@ def test_numpy_views_follow_weight_updates():
     with torch.no_grad():
         module.output.bias.add_(1.0)
     np.testing.assert_array_equal(fast.b_out, module.output.bias.detach().numpy())
+
+
+@pytest.mark.parametrize("controller,feedback,content,raw", OPTIONS)
+def test_factored_predict_equals_step(controller, feedback, content, raw):
+    torch.manual_seed(0)
+    module = MANN(
+        12,
+        3,
+        3,
+        controller=controller,
+        controller_size=16,
+        n_slots=6,
+        slot_size=5,
+        n_reads=2,
+        read_feedback=feedback,
+        write_content=content,
+        read_after_write=raw,
+    ).double()
+    fast = NumpyMANN(module)
+    state = NumpyMANN.state_to_numpy(module.initial_state(1))
+    for inputs in _stream(module, 6):  # a state with a written, partly erased memory
+        _, state = fast.step(inputs.numpy(), state)
+    rows = np.random.default_rng(1).random((9, 15))
+    expected, _ = fast.step(rows, state)
+    np.testing.assert_allclose(
+        fast.predict_logits(rows, state), expected, rtol=1e-9, atol=1e-10
+    )
