@@ -63,7 +63,8 @@ def main() -> None:
                 pairs = order_indices(k, 5, how, np.random.default_rng(seed))
                 idx = [samples[chosen[c]][s] for c, s in pairs]
                 model.partial_fit(X[idx], y[idx])
-                acc[(how, k)].append(float(np.mean(model.predict(X[query]) == y[query])))
+                hits = model.predict(X[query]) == y[query]
+                acc[(how, k)].append(float(np.mean(hits)))
     rows = []
     for how in ORDERS:
         for k in KS:

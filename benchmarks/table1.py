@@ -60,6 +60,27 @@ MODELS = {
             "clip_value": 10.0,
         },
     },
+    "mann_add": {
+        "label": "[ablation] MANN, separate add vector",
+        "network": "mann",
+        "kwargs": {
+            "controller": "lstm",
+            "controller_size": 200,
+            "n_slots": 128,
+            "slot_size": 40,
+            "n_reads": 4,
+            "gamma": 0.95,
+            "read_feedback": True,
+            "write_content": "add",
+            "read_after_write": True,
+        },
+        "train": {
+            "batch_size": 16,
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "clip_value": 10.0,
+        },
+    },
     "lstm": {
         "label": "[baseline] LSTM",
         "network": "lstm",
@@ -165,6 +186,9 @@ def evaluate(args: argparse.Namespace) -> None:
     results, timings, histories = {}, {}, {}
     batch = 16 * MODELS["mann"]["train"]["batch_size"]
     for name in MODELS:
+        if not (RUNS / f"table1_{name}" / "params.pt").exists():
+            print(f"{name}: no checkpoint in {RUNS}, skipped")
+            continue
         module, history = load_trained(name)
         histories[name] = history
         t0 = time.perf_counter()
