@@ -28,7 +28,7 @@ from sk_mann.baselines import RiverKNN, SklearnKNN, evaluate_online
 from sk_mann.datasets import fetch_omniglot
 from sk_mann.episodes import EpisodeSampler
 from sk_mann.metrics import evaluate_network
-from sk_mann.model import build_network
+from sk_mann.model import PAPER_MANN_KWARGS, build_network
 from sk_mann.pretrained import save_weights
 from sk_mann.training import meta_train
 
@@ -42,17 +42,7 @@ MODELS = {
     "mann": {
         "label": "MANN (LSTM controller, LRUA)",
         "network": "mann",
-        "kwargs": {
-            "controller": "lstm",
-            "controller_size": 200,
-            "n_slots": 128,
-            "slot_size": 40,
-            "n_reads": 4,
-            "gamma": 0.95,
-            "read_feedback": True,
-            "write_content": "key",
-            "read_after_write": True,
-        },
+        "kwargs": dict(PAPER_MANN_KWARGS),
         "train": {
             "batch_size": 16,
             "optimizer": "adam",
@@ -63,17 +53,7 @@ MODELS = {
     "mann_add": {
         "label": "[ablation] MANN, separate add vector",
         "network": "mann",
-        "kwargs": {
-            "controller": "lstm",
-            "controller_size": 200,
-            "n_slots": 128,
-            "slot_size": 40,
-            "n_reads": 4,
-            "gamma": 0.95,
-            "read_feedback": True,
-            "write_content": "add",
-            "read_after_write": True,
-        },
+        "kwargs": {**PAPER_MANN_KWARGS, "write_content": "add"},
         "train": {
             "batch_size": 16,
             "optimizer": "adam",

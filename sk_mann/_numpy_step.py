@@ -67,6 +67,35 @@ class NumpyMANN:
             mem,
         )
 
+    def _controller_and_heads(self, inputs: np.ndarray, state: MANNState) -> tuple:
+        """Controller update and squashed head outputs (h, c, keys, gate, content)."""
+        m = self.m
+        n = inputs.shape[0]
+        R, W = m.n_reads, m.slot_size
+        gates = inputs @ self.w_in_t + self.b_in
+        if self.w_rec_t is not None:
+            parts = ([state.h] if m.controller == "lstm" else []) + (
+                [state.reads] if m.read_feedback else []
+            )
+            rec = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            gates += rec @ self.w_rec_t  # (1 or n) rows, broadcast
+        if m.controller == "lstm":
+            H = m.controller_size
+            i, f, o = (_sigmoid(gates[:, k * H : (k + 1) * H]) for k in (0, 1, 3))
+            c = f * state.c + i * np.tanh(gates[:, 2 * H : 3 * H])
+            h = o * np.tanh(c)
+        else:
+            h = np.tanh(gates)
+            c = np.broadcast_to(state.c, (n, state.c.shape[1]))
+        head = h @ self.w_head_t + self.b_head
+        keys = np.tanh(head[:, : R * W]).reshape(n, R, W)
+        gate = _sigmoid(head[:, R * W : R * W + R])
+        if m.write_content == "add":
+            content = np.tanh(head[:, R * W + R :]).reshape(n, R, W)
+        else:
+            content = keys
+        return h, c, keys, gate, content
+
     def step(
         self, inputs: np.ndarray, state: MANNState
     ) -> tuple[np.ndarray, MANNState]:
@@ -85,30 +114,8 @@ class NumpyMANN:
         m = self.m
         n = inputs.shape[0]
         R, W = m.n_reads, m.slot_size
-        gates = inputs @ self.w_in_t + self.b_in
-        if self.w_rec_t is not None:
-            parts = ([state.h] if m.controller == "lstm" else []) + (
-                [state.reads] if m.read_feedback else []
-            )
-            rec = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-            gates = gates + rec @ self.w_rec_t  # (1 or n) rows, broadcast
-        if m.controller == "lstm":
-            H = m.controller_size
-            i, f, o = (_sigmoid(gates[:, k * H : (k + 1) * H]) for k in (0, 1, 3))
-            g = np.tanh(gates[:, 2 * H : 3 * H])
-            c = f * state.c + i * g
-            h = o * np.tanh(c)
-        else:
-            h = np.tanh(gates)
-            c = np.broadcast_to(state.c, (n, state.c.shape[1]))
-        head = h @ self.w_head_t + self.b_head
-        keys = np.tanh(head[:, : R * W]).reshape(n, R, W)
-        gate = _sigmoid(head[:, R * W : R * W + R])[:, :, None]
-        content = (
-            np.tanh(head[:, R * W + R :]).reshape(n, R, W)
-            if m.write_content == "add"
-            else keys
-        )
+        h, c, keys, gate, content = self._controller_and_heads(inputs, state)
+        gate = gate[:, :, None]
         mem = state.memory
         lu = mem.least_used[:, None, :]
         write_w = lu + gate * (mem.read_weights - lu)  # eq. 7, (n, R, N)
@@ -162,27 +169,8 @@ class NumpyMANN:
         m = self.m
         n = inputs.shape[0]
         R, W = m.n_reads, m.slot_size
-        gates = inputs @ self.w_in_t + self.b_in
-        if self.w_rec_t is not None:
-            parts = ([state.h] if m.controller == "lstm" else []) + (
-                [state.reads] if m.read_feedback else []
-            )
-            rec = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-            gates += rec @ self.w_rec_t
-        if m.controller == "lstm":
-            H = m.controller_size
-            i, f, o = (_sigmoid(gates[:, k * H : (k + 1) * H]) for k in (0, 1, 3))
-            h = o * np.tanh(f * state.c + i * np.tanh(gates[:, 2 * H : 3 * H]))
-        else:
-            h = np.tanh(gates)
-        head = h @ self.w_head_t + self.b_head
-        keys = np.tanh(head[:, : R * W]).reshape(n, R, W)
-        gate = _sigmoid(head[:, R * W : R * W + R])[:, :, None]
-        content = (
-            np.tanh(head[:, R * W + R :]).reshape(n, R, W)
-            if m.write_content == "add"
-            else keys
-        )
+        h, _, keys, gate, content = self._controller_and_heads(inputs, state)
+        gate = gate[:, :, None]
         mem = state.memory
         lu = mem.least_used[0]
         write_w = lu + gate * (mem.read_weights[0] - lu)  # (n, R, N)

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import __version__
 from ._demo import UserError
+from .model import PAPER_MANN_KWARGS
 
 __all__ = ["build_parser", "main"]
 
@@ -28,17 +29,7 @@ IMAGE = 20
 #: (the one of ``benchmarks/table1.py``), so their numbers are comparable.
 EVAL_SEED = 2016
 #: The paper's network (Santoro et al. 2016), used by ``train``.
-PAPER_KWARGS = {
-    "controller": "lstm",
-    "controller_size": 200,
-    "n_slots": 128,
-    "slot_size": 40,
-    "n_reads": 4,
-    "gamma": 0.95,
-    "read_feedback": True,
-    "write_content": "key",
-    "read_after_write": True,
-}
+PAPER_KWARGS = dict(PAPER_MANN_KWARGS)
 _DATA_HELP = (
     "data directory whose omniglot/ sub-folder holds images_background.zip and "
     "images_evaluation.zip (default: $SK_MANN_DATA, else ~/sk_mann_data)"

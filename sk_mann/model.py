@@ -23,7 +23,28 @@ from torch import Tensor, nn
 
 from . import memory as mem
 
-__all__ = ["MANN", "FeedForwardBaseline", "LSTMBaseline", "MANNState", "build_network"]
+__all__ = [
+    "MANN",
+    "PAPER_MANN_KWARGS",
+    "FeedForwardBaseline",
+    "LSTMBaseline",
+    "MANNState",
+    "build_network",
+]
+
+#: The paper's MANN (Santoro et al. 2016) and the defaults chosen where it is
+#: ambiguous: ``MANN(n_inputs, n_label_inputs, n_outputs, **PAPER_MANN_KWARGS)``.
+PAPER_MANN_KWARGS = {
+    "controller": "lstm",
+    "controller_size": 200,
+    "n_slots": 128,
+    "slot_size": 40,
+    "n_reads": 4,
+    "gamma": 0.95,
+    "read_feedback": True,
+    "write_content": "key",
+    "read_after_write": True,
+}
 
 
 class MANNState(NamedTuple):
