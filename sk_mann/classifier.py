@@ -141,8 +141,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         assignment of label codes to classes.
     device : str, default="cpu"
         Torch device, e.g. ``"cpu"`` or ``"cuda"``.
-    verbose : int, default=0
-        Progress bar and per-epoch log during meta-training when > 0.
+    verbose : int, default=1
+        Progress bar and per-epoch log during meta-training when > 0 (shown only
+        when ``fit`` meta-trains, i.e. ``n_episodes > 0``).
 
     Attributes
     ----------
@@ -188,7 +189,8 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
     >>> X = rng.random((40, 6))
     >>> y = np.repeat(["a", "b", "c", "d"], 10)
     >>> clf = MANNOneShotClassifier(controller_size=16, n_slots=8, slot_size=4,
-    ...                             n_reads=1, n_episodes=32, seed=0).fit(X, y)
+    ...                             n_reads=1, n_episodes=32, seed=0,
+    ...                             verbose=0).fit(X, y)
     >>> clf.predict(X[:3]).shape
     (3,)
     >>> clf.learn_one({0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4, 4: 0.5, 5: 0.6}, "e")
@@ -265,7 +267,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         pretrained: str | None = None,
         seed: int | None = None,
         device: str = "cpu",
-        verbose: int = 0,
+        verbose: int = 1,
     ) -> None:
         self.controller = controller
         self.controller_size = controller_size
@@ -319,6 +321,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             "batch_size": 2,
             "n_per_class": 2,
             "seed": 0,
+            "verbose": 0,
         }
 
     # -------------------------------------------------------------- helpers
