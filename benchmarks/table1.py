@@ -254,7 +254,7 @@ def write_markdown(payload: dict) -> None:
         trained = res.get("episodes_trained", "-")
         lines.append(f"| {label} | {trained} | {_row(acc)} | +-{ci:.1f} |")
     for label, acc in payload["paper"].items():
-        lines.append(f"| {label} | 100,000 (batches?) | {_row(acc)} | |")
+        lines.append(f"| {label} | – | {_row(acc)} | |")
     lines += [
         "",
         f"Produced by `{payload['command']}` on {payload['date']} "
