@@ -325,8 +325,19 @@ def plot_training(histories: dict[str, list[dict]]) -> None:
         write_json(f"table1_training_{name}", {"history": hist})
 
 
+#: Trained models shipped with the package, and their names there.
+EXPORTS = {"mann": "omniglot_5way", "mann_add": "omniglot_5way_add"}
+
+
 def export_weights(payload: dict) -> None:
-    module, history = load_trained("mann")
+    """Write each trained model of ``EXPORTS`` to ``sk_mann/pretrained/``."""
+    for name, shipped in EXPORTS.items():
+        if MODELS[name]["label"] in payload["results"]:
+            _export(payload, name, shipped)
+
+
+def _export(payload: dict, name: str, shipped: str) -> None:
+    module, _ = load_trained(name)
     out = REPO / "sk_mann" / "pretrained"
     out.mkdir(exist_ok=True)
     config = {
@@ -334,34 +345,42 @@ def export_weights(payload: dict) -> None:
         "n_inputs": IMAGE * IMAGE,
         "labels": "onehot",
         "n_way": N_WAY,
-        "kwargs": MODELS["mann"]["kwargs"],
+        "kwargs": MODELS[name]["kwargs"],
     }
-    save_weights(out / "omniglot_5way.pt", module, config)
-    res = payload["results"][MODELS["mann"]["label"]]
+    save_weights(out / f"{shipped}.pt", module, config)
+    res = payload["results"][MODELS[name]["label"]]
+    segments = _segments_path(name)
     manifest = {
-        "name": "omniglot_5way",
-        "network": "mann",
-        "n_inputs": IMAGE * IMAGE,
-        "labels": "onehot",
-        "n_way": N_WAY,
-        "kwargs": MODELS["mann"]["kwargs"],
+        "name": shipped,
+        **config,
         "training": {
-            **MODELS["mann"]["train"],
+            **MODELS[name]["train"],
             "episodes": res["episodes_trained"],
             "wall_seconds": res["train_wall_seconds"],
+            "segments": json.loads(segments.read_text()) if segments.exists() else None,
             "data": "Omniglot characters 1-1200 (paper split), 20x20, max-normalised",
             "augmentation": payload["protocol"]["train_augmentation"],
         },
         "heldout_accuracy": dict(zip(map(str, INSTANCES), res["accuracy"])),
+        "heldout_episodes": res["n_episodes"],
         "input": (
             "20x20 Omniglot-style image, strokes=1, background=0, "
             "max-normalised, flattened"
+        ),
+        "usage": (
+            f"MANNOneShotClassifier(pretrained={shipped!r}"
+            + (
+                ", write_content='add'"
+                if MODELS[name]["kwargs"]["write_content"] == "add"
+                else ""
+            )
+            + ")"
         ),
         "produced_by": payload["command"],
         "date": payload["date"],
         "git_commit": payload["git_commit"],
     }
-    (out / "omniglot_5way.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (out / f"{shipped}.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def main() -> None:
