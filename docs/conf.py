@@ -104,6 +104,7 @@ BENCHMARK_RESULTS = {
         "images": ("table1.png", "table1_training.png"),
         "command": (
             "python benchmarks/table1.py train --model mann && "
+            "python benchmarks/table1.py train --model mann_add && "
             "python benchmarks/table1.py train --model lstm && "
             "python benchmarks/table1.py evaluate"
         ),
@@ -111,6 +112,10 @@ BENCHMARK_RESULTS = {
     "speed": {
         "images": ("speed.png",),
         "command": "python benchmarks/speed.py",
+    },
+    "priming": {
+        "images": (),
+        "command": "cd benchmarks && python priming.py",
     },
 }
 
