@@ -3,7 +3,7 @@
     python benchmarks/priming.py [--model omniglot_5way] [--trials 200]
 
 For 5 held-out Omniglot characters at a time, the pretrained MANN is given k
-samples of each class (k = 1, 2, 5, 10) through ``partial_fit`` in one of three
+samples of each class (k = 1, 2, 3, 5, 7, 10) through ``partial_fit`` in one of three
 orders, then ``predict`` is scored on the other samples of those classes:
 
 - ``shuffled``: a random order, like a meta-training episode (``fit``'s default);
@@ -24,7 +24,7 @@ from _common import RESULTS, default_data_home, metadata, write_json
 from sk_mann import MANNOneShotClassifier, fetch_omniglot
 
 ORDERS = ("shuffled", "round-robin", "grouped")
-KS = (1, 2, 5, 10)
+KS = (1, 2, 3, 5, 7, 10)
 
 
 def order_indices(k: int, n_way: int, how: str, rng: np.random.Generator):
