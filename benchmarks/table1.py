@@ -185,6 +185,8 @@ def evaluate(args: argparse.Namespace) -> None:
             len(history) * 100 * MODELS[name]["train"]["batch_size"]
         )
         res["train_wall_seconds"] = float(sum(h["dur"] for h in history))
+        seg = _segments_path(name)
+        res["training_segments"] = json.loads(seg.read_text()) if seg.exists() else None
         results[MODELS[name]["label"]] = res
         print(name, np.round(100 * np.array(res["accuracy"]), 1))
     for label, learner, n in [
@@ -255,6 +257,14 @@ def write_markdown(payload: dict) -> None:
         lines.append(f"| {label} | {trained} | {_row(acc)} | +-{ci:.1f} |")
     for label, acc in payload["paper"].items():
         lines.append(f"| {label} | – | {_row(acc)} | |")
+    lines += ["", "Training schedules (epochs of 1600 episodes, Adam):", ""]
+    for label, res in payload["results"].items():
+        if res.get("training_segments"):
+            parts = [
+                f"epochs {g['first_epoch']}-{g['last_epoch']} at lr {g['lr']:g}"
+                for g in res["training_segments"]
+            ]
+            lines.append(f"- {label}: " + ", ".join(parts))
     lines += [
         "",
         f"Produced by `{payload['command']}` on {payload['date']} "
