@@ -325,6 +325,11 @@ def plot_training(histories: dict[str, list[dict]]) -> None:
     ax1.set_ylabel("training loss (per step)")
     ax1.legend(fontsize=7)
     ax2.axhline(82.8, ls="--", color="grey", label="paper MANN, 2nd instance")
+    from matplotlib.ticker import FuncFormatter
+
+    thousands = FuncFormatter(lambda v, _: f"{v / 1000:.0f}k")
+    ax1.xaxis.set_major_formatter(thousands)
+    ax2.xaxis.set_major_formatter(thousands)
     ax2.set_xlabel("training episodes")
     ax2.set_ylabel("held-out accuracy, 2nd instance (%)")
     ax2.legend(fontsize=7)
