@@ -212,9 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model",
-        default="omniglot_5way",
+        default="omniglot_5way_add",
         metavar="NAME_OR_PATH",
-        help="shipped model name or weights file",
+        help="shipped model name or weights file (default: the best shipped "
+        "model on held-out Omniglot, see benchmarks/results/table1.md)",
     )
     p.add_argument(
         "--dataset",
