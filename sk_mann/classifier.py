@@ -456,7 +456,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         arr[:] = merged
         # Keep a plain dtype (str, int, float, bool) when all labels share one
         # Python type; mixed types stay objects (np.asarray would turn 7 into "7").
-        if len({type(_hashable(c)) for c in merged}) == 1:
+        if len({type(_key(c)) for c in merged}) == 1:
             typed = np.asarray(merged)
             if typed.dtype != object and typed.ndim == 1:
                 arr = typed
@@ -468,7 +468,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         # The label objects as first given (River keys): keep them, not numpy copies.
         objects = getattr(self, "class_objects_", {})
         self.class_objects_ = {
-            k: objects.get(k, _hashable(c)) for k, c in zip(self.class_index_, classes)
+            k: objects.get(k, _key(c)) for k, c in zip(self.class_index_, classes)
         }
 
     def _bind(self, label) -> int:
@@ -515,7 +515,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         self._numpy_ = NumpyMANN(self.module_) if on_cpu else None
 
     def _label_vector(self, code: int, n: int = 1) -> np.ndarray:
-        vec = self.scheme_.encode(np.array([code]))
+        vec = self.scheme_.encode_one(code)
         return np.repeat(vec, n, axis=0) if n > 1 else vec
 
     @torch.no_grad()
@@ -880,13 +880,6 @@ _INTERNAL_DIRS = tuple(
 )
 
 
-def _hashable(label):
-    """Dictionary key of a label: numpy scalars become Python scalars."""
-    if isinstance(label, np.generic):
-        return label.item()
-    return label
-
-
 def _check_dict(x, method: str) -> None:
     if not isinstance(x, dict):
         raise TypeError(
@@ -898,10 +891,13 @@ def _check_dict(x, method: str) -> None:
 def _key(label):
     """Dictionary key of a label, with Python's dict semantics.
 
-    ``np.int64(1)`` and ``1`` are one class, and so are ``True`` and ``1``
-    (River's dicts could not tell them apart either).
+    Numpy scalars become Python scalars, so ``np.int64(1)`` and ``1`` are one
+    class, and so are ``True`` and ``1`` (River's dicts could not tell them
+    apart either).
     """
-    return _hashable(label)
+    if isinstance(label, np.generic):
+        return label.item()
+    return label
 
 
 def _warn_stacklevel() -> int:

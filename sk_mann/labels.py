@@ -13,6 +13,7 @@ independent ``group_size``-way softmaxes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +68,13 @@ class LabelScheme:
         np.put_along_axis(out, d[..., None], 1.0, axis=-1)
         out *= valid[..., None, None]
         return out.reshape(codes.shape + (self.width,))
+
+    @functools.lru_cache(maxsize=4096)  # schemes are few, frozen and hashable
+    def encode_one(self, code: int) -> np.ndarray:
+        """:meth:`encode` of one code, shape ``(1, width)``; cached and read-only."""
+        vec = self.encode(np.array([code]))
+        vec.flags.writeable = False
+        return vec
 
     def code_log_probs(self, logits: torch.Tensor, codes: np.ndarray) -> torch.Tensor:
         """Log-probability of each of ``codes`` under ``logits``.
