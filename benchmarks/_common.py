@@ -59,3 +59,21 @@ def write_json(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     return path
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def produced_by(payload: dict) -> str:
+    """The provenance line closing every results page."""
+    return (
+        f"Produced by `{payload['command']}` on {payload['date']} "
+        f"(commit {payload['git_commit']})."
+    )

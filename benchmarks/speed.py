@@ -5,7 +5,9 @@
 Measures, in one run, on the paper's configuration (LSTM 200, memory 128x40,
 4 heads, 5-way one-hot, 50-step episodes):
 
-- meta-training episodes/s at several batch sizes, and the achieved GFLOP/s
+- meta-training episodes/s at several batch sizes, eager and with
+  ``meta_train(compile=True)`` (``torch.compile``; compilation time reported
+  apart), and the achieved GFLOP/s
   (FLOPs counted by ``torch.utils.flop_counter``) against a 2048x2048 float32
   matmul peak measured in the same run;
 - ``predict_one`` + ``learn_one`` latency (median, p99) through the public River
@@ -22,17 +24,17 @@ from __future__ import annotations
 
 import argparse
 import gc
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
-from _common import RESULTS, metadata, write_json
+from _common import RESULTS, metadata, produced_by, pyplot, write_json
 
 from sk_mann import MANNOneShotClassifier
 from sk_mann.model import MANN
+from sk_mann.training import _compile_training_forward
 
 PAPER = {"controller_size": 200, "n_slots": 128, "slot_size": 40, "n_reads": 4}
 N_FEATURES, N_WAY, T = 400, 5, 50
@@ -78,27 +80,41 @@ def flops_per_episode() -> float:
     return counter.get_total_flops() / 4
 
 
-def train_throughput(batch_sizes, iters: int) -> list[dict]:
+def train_throughput(batch_sizes, iters: int, compile: bool = False) -> list[dict]:
     out = []
     for bs in batch_sizes:
         torch.manual_seed(0)
         module = MANN(N_FEATURES, N_WAY, N_WAY, **PAPER)
+        restore = _compile_training_forward(module, bs) if compile else None
         opt = torch.optim.Adam(module.parameters(), lr=1e-3)
         x = torch.rand(bs, T, N_FEATURES)
         lab = torch.zeros(bs, T, N_WAY)
         tg = torch.randint(0, N_WAY, (bs, T))
-        for _ in range(2):
+        t0 = time.perf_counter()
+        for _ in range(2):  # warm-up, and the compilation when compiled
             _train_iteration(module, opt, x, lab, tg)
+        warmup = time.perf_counter() - t0
         times = []
         for _ in range(iters):
             t0 = time.perf_counter()
             _train_iteration(module, opt, x, lab, tg)
             times.append(time.perf_counter() - t0)
         med = float(np.median(times))
+        if restore is not None:
+            restore()
         out.append(
-            {"batch_size": bs, "seconds_per_step": med, "episodes_per_s": bs / med}
+            {
+                "batch_size": bs,
+                "compiled": compile,
+                "seconds_per_step": med,
+                "episodes_per_s": bs / med,
+                "warmup_seconds": warmup,
+            }
         )
-        print(f"train batch {bs}: {bs / med:.0f} episodes/s")
+        tag = " (compiled)" if compile else ""
+        print(
+            f"train batch {bs}{tag}: {bs / med:.0f} episodes/s, warm-up {warmup:.0f} s"
+        )
     return out
 
 
@@ -123,20 +139,76 @@ def optimisations(iters: int) -> dict:
             out[f"train batch 16, {name}"] = train_throughput([16], iters)[0]
         finally:
             model_mod.mem.lrua_step_fused = fused
-    xs, ys, _ = _stream(600)
-    for name, use_numpy in (("torch step", False), ("NumPy step", True)):
+    xs, ys, _ = _stream(1000)
+
+    def forget(m):  # drop the NumPy engine's memos: predict and learn both step
+        m._numpy_.memo = None
+        m._numpy_.row_memo = ((), None)
+
+    variants = {
+        "torch step (reference)": ("torch", lambda m, x: m.predict_one(x)),
+        "NumPy one-row step, learn_one recomputes": (
+            "numpy",
+            lambda m, x: (m.predict_one(x), forget(m)),
+        ),
+        "NumPy one-row step, learn_one reuses predict_one's step": (
+            "numpy",
+            lambda m, x: m.predict_one(x),
+        ),
+    }
+    for name, (engine, predict) in variants.items():
         mann = MANNOneShotClassifier(**PAPER, seed=0)
         mann.learn_one(xs[0], ys[0])
-        if not use_numpy:
+        if engine == "torch":
             mann._numpy_ = None
         out[f"stream, {name}"] = _latency(
-            mann,
-            xs[1:],
-            ys[1:],
-            lambda m, x, y: m.learn_one(x, y),
-            lambda m, x: m.predict_one(x),
+            mann, xs[1:], ys[1:], lambda m, x, y: m.learn_one(x, y), predict
         )
         print(f"stream {name}: {out[f'stream, {name}']['median_us']:.0f} us")
+    return out
+
+
+def weight_traffic(repeats: int = 2000) -> dict:
+    """What one streamed sample's weight reads cost, in cache and out of it.
+
+    A step multiplies vectors by the controller's input, recurrent and head
+    matrices; that is the floor of ``predict_one`` + ``learn_one`` once the
+    step is computed only once per sample.
+    """
+    from sk_mann._numpy_step import NumpyMANN
+
+    fast = NumpyMANN(MANN(N_FEATURES, N_WAY, N_WAY, **PAPER))
+    rng = np.random.default_rng(0)
+    x = rng.random(N_FEATURES, dtype=np.float32)
+    rec = rng.random(fast.w_rec_t.shape[0], dtype=np.float32)
+    h = rng.random(fast.w_head_t.shape[0], dtype=np.float32)
+    mats = (fast.w_x_t, fast.w_rec_t, fast.w_head_t)
+    n_bytes = sum(w.nbytes for w in mats)
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            times.append((time.perf_counter() - t0) / repeats)
+        return min(times) * 1e6
+
+    alone = sum(
+        best(lambda v=v, w=w: v @ w) for v, w in zip((x, rec, h), mats, strict=True)
+    )
+    together = best(lambda: (x @ mats[0], rec @ mats[1], h @ mats[2]))
+    out = {
+        "weight_bytes": n_bytes,
+        "each_alone_in_cache_us": alone,
+        "in_sequence_us": together,
+        "in_sequence_gb_per_s": n_bytes / together / 1e3,
+    }
+    print(
+        f"weights {n_bytes / 1e6:.2f} MB: {alone:.0f} us when each stays in cache, "
+        f"{together:.0f} us in sequence ({out['in_sequence_gb_per_s']:.0f} GB/s)"
+    )
     return out
 
 
@@ -227,6 +299,12 @@ def streaming(n: int) -> dict:
     return res
 
 
+def _proc_status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (e.g. VmRSS, VmHWM), in MiB."""
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith(field + ":")) / 1024
+
+
 def state_growth(n_total: int) -> list[dict]:
     """Fast-state bytes and RSS of one stream after 1k, 10k, ... samples."""
     rng = np.random.default_rng(1)
@@ -250,20 +328,19 @@ def state_growth(n_total: int) -> list[dict]:
                 {
                     "samples": done,
                     "state_bytes": int(state_bytes),
-                    "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                    / 1024,
+                    "rss_mib": _proc_status_mib("VmRSS"),
                     "seconds": time.perf_counter() - t0,
                 }
             )
             print(
                 f"stream state after {done}: {state_bytes} B, "
-                f"RSS {out[-1]['max_rss_mib']:.0f} MiB"
+                f"RSS {out[-1]['rss_mib']:.0f} MiB"
             )
     return out
 
 
 _TRAIN_RSS = """
-import resource, torch, numpy as np
+import torch, numpy as np
 torch.set_num_threads({threads})
 from sk_mann.episodes import EpisodeSampler
 from sk_mann.model import MANN
@@ -273,14 +350,18 @@ X = rng.random((1200 * 4, 400)).astype(np.float32); y = np.repeat(np.arange(1200
 s = EpisodeSampler(X, y, n_way=5, n_per_class=10, image_shape=(20, 20),
                    rotate_classes=True, augment=True)
 meta_train(MANN(400, 5, 5), s, n_episodes=16 * 60, batches_per_epoch=20,
-           progress_bar=False, verbose=0)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+           progress_bar=False, verbose=0, compile={compile})
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child's
+# would report its parent's peak whenever that is larger.
+with open("/proc/self/status") as f:
+    print(next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024)
 """
 
 
-def training_peak_rss(threads: int) -> float:
+def training_peak_rss(threads: int, compile: bool = False) -> float:
+    code = _TRAIN_RSS.format(threads=threads, compile=compile)
     out = subprocess.run(
-        [sys.executable, "-c", _TRAIN_RSS.format(threads=threads)],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         check=True,
@@ -289,6 +370,7 @@ def training_peak_rss(threads: int) -> float:
 
 
 def write_markdown(p: dict) -> None:
+    wt = p["weight_traffic"]
     lines = [
         "# Speed (paper configuration: LSTM 200, memory 128x40, 4 heads, "
         "50-step episodes)",
@@ -297,15 +379,23 @@ def write_markdown(p: dict) -> None:
         f"({p['threads']} threads). FLOPs per episode (forward + backward): "
         f"{p['flops_per_episode'] / 1e6:.0f} MFLOP.",
         "",
-        "| meta-training batch | episodes/s | achieved GFLOP/s | % of matmul peak |",
-        "|---|---|---|---|",
+        "| meta-training batch | compiled | episodes/s | achieved GFLOP/s "
+        "| % of matmul peak | warm-up (s) |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in p["training"]:
+    for r in p["training"] + p.get("training_compiled", []):
         gf = r["episodes_per_s"] * p["flops_per_episode"] / 1e9
         lines.append(
-            f"| {r['batch_size']} | {r['episodes_per_s']:.0f} | {gf:.1f} | "
-            f"{100 * gf / p['matmul_peak_gflops']:.0f}% |"
+            f"| {r['batch_size']} | {'yes' if r.get('compiled') else 'no'} "
+            f"| {r['episodes_per_s']:.0f} | {gf:.1f} | "
+            f"{100 * gf / p['matmul_peak_gflops']:.0f}% "
+            f"| {r.get('warmup_seconds', float('nan')):.0f} |"
         )
+    lines += [
+        "",
+        "Compiled: `meta_train(compile=True)` (`torch.compile` of the training "
+        "forward); the warm-up column includes the one-off compilation.",
+    ]
     lines += [
         "",
         "| streaming, 400-feature dicts | predict_one + learn_one median (us) "
@@ -332,18 +422,24 @@ def write_markdown(p: dict) -> None:
     lines += [
         "",
         f"Batch `predict`: {p['streaming']['batch_predict_rows_per_s']:.0f} rows/s.",
-        f"Peak RSS of a meta-training process: {p['train_peak_rss_mib']:.0f} MiB.",
         "",
-        "| stream samples | fast-state bytes | process max RSS (MiB) |",
+        "Weight traffic of one streamed sample (the floor of predict_one + "
+        f"learn_one): {wt['weight_bytes'] / 1e6:.2f} MB of controller and head "
+        f"weights; {wt['each_alone_in_cache_us']:.0f} us when each matrix stays "
+        f"in cache, {wt['in_sequence_us']:.0f} us read in sequence as a step does "
+        f"({wt['in_sequence_gb_per_s']:.0f} GB/s).",
+        "",
+        f"Peak RSS of a meta-training process: {p['train_peak_rss_mib']:.0f} MiB "
+        f"(compiled: {p['train_peak_rss_mib_compiled']:.0f} MiB).",
+        "",
+        "| stream samples | fast-state bytes | process RSS (MiB) |",
         "|---|---|---|",
     ]
     for r in p["state_growth"]:
-        lines.append(
-            f"| {r['samples']} | {r['state_bytes']} | {r['max_rss_mib']:.0f} |"
-        )
+        lines.append(f"| {r['samples']} | {r['state_bytes']} | {r['rss_mib']:.0f} |")
     lines += [
         "",
-        f"Produced by `{p['command']}` on {p['date']} (commit {p['git_commit']}).",
+        produced_by(p),
         "",
         "![speed](speed.png)",
     ]
@@ -351,14 +447,16 @@ def write_markdown(p: dict) -> None:
 
 
 def plot(p: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     bs = [r["batch_size"] for r in p["training"]]
-    ax1.bar([str(b) for b in bs], [r["episodes_per_s"] for r in p["training"]])
+    pos = np.arange(len(bs))
+    ax1.bar(pos - 0.2, [r["episodes_per_s"] for r in p["training"]], 0.4, label="eager")
+    comp = {
+        r["batch_size"]: r["episodes_per_s"] for r in p.get("training_compiled", [])
+    }
+    ax1.bar(pos + 0.2, [comp.get(b, 0) for b in bs], 0.4, label="compiled")
+    ax1.set_xticks(pos, [str(b) for b in bs])
     ax1.axhline(300, ls="--", color="grey", label="target 300 episodes/s")
     ax1.axhline(15, ls=":", color="red", label="published: ~15 episodes/s (GTX 960M)")
     ax1.set_xlabel("batch size")
@@ -384,6 +482,13 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128])
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument(
+        "--compiled-batch-sizes",
+        type=int,
+        nargs="*",
+        default=[16, 64],
+        help="batch sizes also measured with torch.compile (each compiles once)",
+    )
+    ap.add_argument(
         "--stream", type=int, default=2000, help="samples of the latency stream"
     )
     ap.add_argument(
@@ -398,9 +503,14 @@ def main() -> None:
     print(f"matmul peak: {payload['matmul_peak_gflops']:.0f} GFLOP/s")
     payload["flops_per_episode"] = flops_per_episode()
     payload["training"] = train_throughput(args.batch_sizes, args.iters)
+    payload["training_compiled"] = train_throughput(
+        args.compiled_batch_sizes, args.iters, compile=True
+    )
     payload["optimisations"] = optimisations(args.iters)
     payload["train_peak_rss_mib"] = training_peak_rss(args.threads)
+    payload["train_peak_rss_mib_compiled"] = training_peak_rss(args.threads, True)
     payload["streaming"] = streaming(args.stream)
+    payload["weight_traffic"] = weight_traffic()
     payload["state_growth"] = state_growth(args.stream_samples)
     payload["cuda"] = torch.cuda.is_available()
     payload.update(metadata())

@@ -117,6 +117,13 @@ BENCHMARK_RESULTS = {
         "images": (),
         "command": "cd benchmarks && python priming.py",
     },
+    "time_to_accuracy": {
+        "images": ("time_to_accuracy.png",),
+        "command": (
+            "python benchmarks/time_to_accuracy.py train --compile ... && "
+            "python benchmarks/time_to_accuracy.py report"
+        ),
+    },
 }
 
 

@@ -12,19 +12,36 @@ NumPy arrays instead of tensors.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
 from .memory import MemoryState
 from .model import MANN, MANNState
 
-__all__ = ["NumpyMANN"]
+__all__ = ["NumpyMANN", "PendingStep"]
 
 _EPS = 1e-8  # same guard as sk_mann.memory._EPS
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (np.tanh(0.5 * x) + 1.0)
+
+
+class PendingStep(NamedTuple):
+    """A one-row step computed by :meth:`NumpyMANN.step_one`, not yet committed.
+
+    Everything the step produced that the next state needs; ``usage`` and the
+    least-used mask are derived from it by :meth:`NumpyMANN.commit`.
+    """
+
+    h: np.ndarray  # (H,)
+    c: np.ndarray  # (H,)
+    reads: np.ndarray  # (R * W,)
+    memory: np.ndarray  # (N, W), M_t
+    read_weights: np.ndarray  # (R, N)
+    write_weights: np.ndarray  # (R, N)
 
 
 class NumpyMANN:
@@ -49,6 +66,27 @@ class NumpyMANN:
         self.b_head = p["head.bias"]
         self.w_out_t = p["output.weight"].T
         self.b_out = p["output.bias"]
+        # Streaming paths (prepare / step_one / commit, predict_logits with a
+        # base): the input projection split into its feature and label rows,
+        # the output into its h and read rows, and per-column scales that let
+        # one tanh give both tanh and sigmoid, sigmoid(x) = (tanh(x / 2) + 1) / 2
+        # (NumPy's tanh is several times faster than scipy's expit here).
+        n_x = module.n_inputs
+        self.w_x_t = self.w_in_t[:n_x]
+        self.w_label_t = self.w_in_t[n_x:]
+        H = module.controller_size
+        self.w_out_h_t = self.w_out_t[:H]
+        self.w_out_r_t = self.w_out_t[H:]
+        self.dtype = dt = self.b_out.dtype
+        if module.controller == "lstm":  # gates i, f, g, o: tanh only for g
+            self.gate_scale = np.full(4 * H, 0.5, dtype=dt)
+            self.gate_scale[2 * H : 3 * H] = 1.0
+        RW, R = module.n_reads * module.slot_size, module.n_reads
+        self.head_scale = np.ones(self.b_head.shape[0], dtype=dt)
+        self.head_scale[RW : RW + R] = 0.5  # the write gates are sigmoids
+        #: Scratch space of the estimator streaming through this engine.
+        self.memo: tuple | None = None
+        self.row_memo: tuple = ((), None)
 
     @staticmethod
     def state_to_numpy(state: MANNState) -> MANNState:
@@ -67,11 +105,50 @@ class NumpyMANN:
             mem,
         )
 
-    def _controller_and_heads(self, inputs: np.ndarray, state: MANNState) -> tuple:
-        """Controller update and squashed head outputs (h, c, keys, gate, content)."""
+    def _controller_and_heads(
+        self, inputs: np.ndarray, state: MANNState, base: np.ndarray | None = None
+    ) -> tuple:
+        """Controller update and squashed head outputs (h, c, keys, gate, content).
+
+        With ``base`` (:meth:`prepare` of a batch-1 state), ``inputs`` holds the
+        features only and every row shares that state and previous label.
+        """
         m = self.m
         n = inputs.shape[0]
         R, W = m.n_reads, m.slot_size
+        if base is not None:
+            gates = inputs @ self.w_x_t
+            gates += base
+            if m.controller == "lstm":  # in place: one pass per op over (n, 4H)
+                H = m.controller_size
+                gates *= self.gate_scale
+                np.tanh(gates, out=gates)
+                for part in (gates[:, : 2 * H], gates[:, 3 * H :]):
+                    part *= 0.5
+                    part += 0.5
+                c = gates[:, H : 2 * H] * state.c
+                c += gates[:, :H] * gates[:, 2 * H : 3 * H]
+                h = np.tanh(c)
+                h *= gates[:, 3 * H :]
+            else:
+                h = np.tanh(gates)
+                c = np.broadcast_to(state.c, (n, state.c.shape[1]))
+        else:
+            h, c = self._controller(inputs, state)
+        head = h @ self.w_head_t
+        head += self.b_head
+        keys = np.tanh(head[:, : R * W]).reshape(n, R, W)
+        gate = _sigmoid(head[:, R * W : R * W + R])
+        if m.write_content == "add":
+            content = np.tanh(head[:, R * W + R :]).reshape(n, R, W)
+        else:
+            content = keys
+        return h, c, keys, gate, content
+
+    def _controller(self, inputs: np.ndarray, state: MANNState) -> tuple:
+        """``(h, c)`` from ``inputs = [x ; label]`` rows and a batch-1 or n state."""
+        m = self.m
+        n = inputs.shape[0]
         gates = inputs @ self.w_in_t + self.b_in
         if self.w_rec_t is not None:
             parts = ([state.h] if m.controller == "lstm" else []) + (
@@ -86,15 +163,8 @@ class NumpyMANN:
             h = o * np.tanh(c)
         else:
             h = np.tanh(gates)
-            c = np.broadcast_to(state.c, (n, state.c.shape[1]))
-        head = h @ self.w_head_t + self.b_head
-        keys = np.tanh(head[:, : R * W]).reshape(n, R, W)
-        gate = _sigmoid(head[:, R * W : R * W + R])
-        if m.write_content == "add":
-            content = np.tanh(head[:, R * W + R :]).reshape(n, R, W)
-        else:
-            content = keys
-        return h, c, keys, gate, content
+            c = np.repeat(state.c, n, axis=0) if state.c.shape[0] != n else state.c
+        return h, c
 
     def step(
         self, inputs: np.ndarray, state: MANNState
@@ -139,7 +209,7 @@ class NumpyMANN:
         reads = np.matmul(read_w, source).reshape(n, R * W)
         usage = m.gamma * mem.usage + (read_w + write_w).sum(axis=1)
         order = np.argsort(usage, axis=1, kind="stable")[:, :R]
-        least_used = np.zeros_like(usage)
+        least_used = np.zeros(usage.shape, usage.dtype)
         least_used[np.arange(n)[:, None], order] = 1.0
         logits = np.concatenate([h, reads], axis=1) @ self.w_out_t + self.b_out
         dt = self.b_out.dtype  # the network's dtype (float32, or float64 in tests)
@@ -156,7 +226,9 @@ class NumpyMANN:
         )
         return logits, new_state
 
-    def predict_logits(self, inputs: np.ndarray, state: MANNState) -> np.ndarray:
+    def predict_logits(
+        self, inputs: np.ndarray, state: MANNState, base: np.ndarray | None = None
+    ) -> np.ndarray:
         """Logits of one step for ``n`` rows that all start from one state of batch 1.
 
         Same result as :meth:`step` (up to rounding), without building each row's
@@ -165,47 +237,166 @@ class NumpyMANN:
         rows and the read vectors expand into products with ``M'`` shared by all
         rows plus ``heads x heads`` corrections per row. Only the logits are
         returned (predictions throw the state away).
+
+        ``inputs`` holds ``[x ; label]`` rows, or, given ``base`` (:meth:`prepare`
+        of ``state`` and the previous label), the features ``x`` only.
         """
         m = self.m
         n = inputs.shape[0]
         R, W = m.n_reads, m.slot_size
-        h, _, keys, gate, content = self._controller_and_heads(inputs, state)
-        gate = gate[:, :, None]
+        h, _, keys, gate, content = self._controller_and_heads(inputs, state, base)
         mem = state.memory
         lu = mem.least_used[0]
-        write_w = lu + gate * (mem.read_weights[0] - lu)  # (n, R, N)
-        key_norm = np.linalg.norm(keys, axis=-1)  # (n, R)
+        write_w = gate[:, :, None] * (mem.read_weights[0] - lu)
+        write_w += lu  # (n, R, N)
+        key_norm = np.sqrt(np.einsum("nrw,nrw->nr", keys, keys))  # (n, R)
         if m.read_after_write:
-            base = mem.memory[0].copy()
-            base[np.argmin(mem.usage[0])] = 0.0  # M', shared
-            A = (keys.reshape(n * R, W) @ base.T).reshape(n, R, -1)  # k . M'_i
+            shared = mem.memory[0].copy()
+            shared[np.argmin(mem.usage[0])] = 0.0  # M', shared by all rows
+            A = (keys.reshape(n * R, W) @ shared.T).reshape(n, R, -1)  # k . M'_i
             KC = np.matmul(keys, content.transpose(0, 2, 1))  # (n, R, R)
-            dots = A + np.matmul(KC, write_w)
+            dots = np.matmul(KC, write_w)
+            dots += A
             P = (
                 A
                 if content is keys
-                else (content.reshape(n * R, W) @ base.T).reshape(n, R, -1)
+                else (content.reshape(n * R, W) @ shared.T).reshape(n, R, -1)
             )
             CC = (
                 KC
                 if content is keys
                 else np.matmul(content, content.transpose(0, 2, 1))
             )
-            norm2 = (base * base).sum(axis=1) + (
-                write_w * (2.0 * P + np.matmul(CC, write_w))
-            ).sum(axis=1)
-            mem_norm = np.sqrt(np.maximum(norm2, 0.0))  # (n, N)
+            cross = np.matmul(CC, write_w)
+            cross += 2.0 * P
+            cross *= write_w
+            norm2 = cross.sum(axis=1)
+            norm2 += np.einsum("ij,ij->i", shared, shared)
+            mem_norm = np.sqrt(np.maximum(norm2, 0.0, out=norm2), out=norm2)  # (n, N)
         else:
-            base = mem.memory[0]  # reads use M_{t-1}
-            dots = (keys.reshape(n * R, W) @ base.T).reshape(n, R, -1)
-            mem_norm = np.broadcast_to(np.linalg.norm(base, axis=1), (n, base.shape[0]))
-        sim = dots / (key_norm[:, :, None] * mem_norm[:, None, :] + _EPS)
-        sim = np.exp(sim - sim.max(axis=-1, keepdims=True))
-        read_w = sim / sim.sum(axis=-1, keepdims=True)
-        reads = (read_w.reshape(n * R, -1) @ base).reshape(n, R, W)
+            shared = mem.memory[0]  # reads use M_{t-1}
+            dots = (keys.reshape(n * R, W) @ shared.T).reshape(n, R, -1)
+            mem_norm = np.sqrt(np.einsum("ij,ij->i", shared, shared))[None, :]
+        norms = key_norm[:, :, None] * mem_norm[:, None, :]
+        norms += _EPS
+        sim = dots
+        sim /= norms
+        np.exp(sim, out=sim)  # cosines lie in [-1, 1]: no max to subtract
+        sim /= sim.sum(axis=-1, keepdims=True)
+        read_w = sim
+        reads = (read_w.reshape(n * R, -1) @ shared).reshape(n, R, W)
         if m.read_after_write:  # + (w^r Ww^T) C
             reads += np.matmul(np.matmul(read_w, write_w.transpose(0, 2, 1)), content)
-        return (
-            np.concatenate([h, reads.reshape(n, R * W)], axis=1) @ self.w_out_t
-            + self.b_out
+        logits = h @ self.w_out_h_t
+        logits += reads.reshape(n, R * W) @ self.w_out_r_t
+        logits += self.b_out
+        return logits
+
+    # ------------------------------------------------ single-row streaming path
+    def prepare(self, state: MANNState, label: np.ndarray) -> np.ndarray:
+        """Gate pre-activations of the next step that do not depend on its input.
+
+        ``b + W_label y_{t-1} + W_rec [h_{t-1}; r_{t-1}]``: known as soon as a
+        sample is committed, so a stream computes it once per sample, and the
+        next :meth:`step_one` only adds ``W_x x_t``.
+
+        Parameters
+        ----------
+        state : MANNState of NumPy arrays, batch 1
+        label : ndarray of shape (1, n_label_inputs) or (n_label_inputs,)
+        """
+        m = self.m
+        base = self.b_in + np.ravel(label) @ self.w_label_t
+        if self.w_rec_t is not None:
+            parts = ([state.h[0]] if m.controller == "lstm" else []) + (
+                [state.reads[0]] if m.read_feedback else []
+            )
+            rec = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            base += rec @ self.w_rec_t
+        return base
+
+    def step_one(
+        self, x: np.ndarray, base: np.ndarray, state: MANNState
+    ) -> tuple[np.ndarray, PendingStep]:
+        """One step for one row, from ``base = prepare(state, label)``.
+
+        The same step as :meth:`step` (which stays the reference), written for a
+        single row with as few NumPy calls as possible: at this size each call's
+        fixed cost, not arithmetic, is the price.
+
+        Parameters
+        ----------
+        x : ndarray of shape (n_inputs,)
+            Features of this step, in the network's dtype.
+        base : ndarray
+            :meth:`prepare` of ``state`` and the previous label.
+        state : MANNState of NumPy arrays, batch 1
+
+        Returns
+        -------
+        logits : ndarray of shape (n_outputs,)
+        pending : PendingStep
+            Pass to :meth:`commit` to learn the sample; drop it to only predict.
+        """
+        m = self.m
+        R, W, H = m.n_reads, m.slot_size, m.controller_size
+        gates = x @ self.w_x_t
+        gates += base
+        if m.controller == "lstm":
+            t = np.tanh(gates * self.gate_scale)
+            s = t * 0.5
+            s += 0.5  # sigmoid of i, f, o; t holds tanh(g)
+            c = s[H : 2 * H] * state.c[0]
+            c += s[:H] * t[2 * H : 3 * H]
+            h = s[3 * H :] * np.tanh(c)
+        else:
+            h = np.tanh(gates)
+            c = state.c[0]
+        head = h @ self.w_head_t
+        head += self.b_head
+        th = np.tanh(head * self.head_scale)
+        keys = th[: R * W].reshape(R, W)
+        gate = th[R * W : R * W + R, None] * 0.5 + 0.5
+        content = th[R * W + R :].reshape(R, W) if m.write_content == "add" else keys
+        mem = state.memory
+        lu = mem.least_used[0]
+        write_w = mem.read_weights[0] - lu
+        write_w *= gate
+        write_w += lu  # eq. 7, (R, N)
+        memory = mem.memory[0].copy()
+        memory[mem.usage[0].argmin()] = 0.0
+        memory += write_w.T @ content
+        source = memory if m.read_after_write else mem.memory[0]
+        sim = keys @ source.T  # (R, N)
+        norms = np.sqrt(np.einsum("ij,ij->i", keys, keys))[:, None] * np.sqrt(
+            np.einsum("ij,ij->i", source, source)
+        )
+        norms += _EPS
+        sim /= norms
+        np.exp(sim, out=sim)  # cosines lie in [-1, 1]: no max to subtract
+        sim /= sim.sum(axis=1, keepdims=True)
+        reads = (sim @ source).ravel()
+        logits = h @ self.w_out_h_t
+        logits += reads @ self.w_out_r_t
+        logits += self.b_out
+        return logits, PendingStep(h, c, reads, memory, sim, write_w)
+
+    def commit(self, pending: PendingStep, state: MANNState) -> MANNState:
+        """The state after a :meth:`step_one` of ``state`` (batch 1)."""
+        m = self.m
+        usage = pending.read_weights.sum(axis=0)
+        usage += pending.write_weights.sum(axis=0)
+        usage += m.gamma * state.memory.usage[0]
+        least_used = np.zeros(usage.shape, usage.dtype)
+        least_used[np.argsort(usage, kind="stable")[: m.n_reads]] = 1.0
+        return MANNState(
+            pending.h[None],
+            np.ascontiguousarray(pending.c)[None],
+            pending.reads[None],
+            MemoryState(
+                pending.memory[None],
+                usage[None],
+                pending.read_weights[None],
+                least_used[None],
+            ),
         )

@@ -312,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, metavar="S", help="seed of weights and episodes"
     )
     g.add_argument("--threads", help=threads_help, **threads)
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the training pass: ~1.6x faster on a CPU after a "
+        "one-off compilation of 1-2 minutes (needs a C++ compiler)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("episodes and network")
     g.add_argument(
@@ -875,6 +881,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             checkpoint_dir=args.checkpoint_dir,
             max_time=None if args.max_minutes is None else 60.0 * args.max_minutes,
             progress_bar=not args.no_progress,
+            compile=args.compile,
         )
     except RuntimeError as exc:  # a checkpoint of another architecture
         raise UserError(

@@ -56,6 +56,24 @@ class LabelScheme:
         powers = self.group_size ** np.arange(self.n_groups - 1, -1, -1)
         return (codes[..., None] // powers) % self.group_size
 
+    def output_columns(self, codes: np.ndarray) -> np.ndarray:
+        """Logit column of each digit of each code, shape ``codes.shape + (n_groups,)``.
+
+        ``logits[..., output_columns(codes)].sum(-1)`` scores the codes: it is
+        their log-probability up to a constant shared by all codes, so a
+        softmax of these scores over a set of codes is the probability
+        renormalised over that set.
+
+        Examples
+        --------
+        >>> LabelScheme(2, 5).output_columns(np.array([0, 7]))
+        array([[0, 5],
+               [1, 7]])
+        """
+        if self.n_groups == 1:  # one-hot: the code is its column
+            return np.asarray(codes, dtype=np.int64)[..., None]
+        return self.digits(codes) + self.group_size * np.arange(self.n_groups)
+
     def encode(self, codes: np.ndarray) -> np.ndarray:
         """Concatenated one-hots of ``codes``, shape ``codes.shape + (width,)``.
 

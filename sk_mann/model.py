@@ -117,6 +117,7 @@ class MANN(nn.Module):
             raise ValueError(f"controller={controller!r}: use 'lstm' or 'ff'.")
         if write_content not in ("key", "add"):
             raise ValueError(f"write_content={write_content!r}: use 'key' or 'add'.")
+        self.n_inputs, self.n_label_inputs = n_inputs, n_label_inputs
         self.controller = controller
         self.controller_size = controller_size
         self.n_slots = n_slots

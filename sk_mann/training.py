@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,7 @@ def meta_train(
     max_time: float | None = None,
     progress_bar: bool = True,
     verbose: int = 1,
+    compile: bool = False,
 ) -> MetaNet:
     """Meta-train ``module`` on episodes from ``sampler``; resumable.
 
@@ -241,6 +243,12 @@ def meta_train(
     progress_bar : bool, default=True
     verbose : int, default=1
         Print one history line per epoch when > 0.
+    compile : bool, default=False
+        Run the training forward pass (and so its backward) through
+        ``torch.compile``, which fuses each episode's many small operations into
+        a few generated kernels: about 1.6x the episodes per second on a CPU,
+        after a one-off compilation of one to two minutes (needs a C++
+        compiler). Only training batches use it; evaluation stays eager.
 
     Returns
     -------
@@ -320,5 +328,35 @@ def meta_train(
             print(f"Resuming from {checkpoint_dir}: {done}/{n_epochs} epochs done.")
     remaining = n_epochs - done
     if remaining > 0:
-        net.partial_fit(dataset, None, epochs=remaining)
+        restore = _compile_training_forward(module, batch_size) if compile else None
+        try:
+            net.partial_fit(dataset, None, epochs=remaining)
+        finally:
+            if restore is not None:
+                restore()
     return net
+
+
+def _compile_training_forward(
+    module: torch.nn.Module, batch_size: int
+) -> Callable[[], None]:
+    """Route ``module``'s training batches through ``torch.compile``; returns undo.
+
+    Other calls (evaluation, other batch sizes) keep the eager forward, so the
+    one compiled graph (static shapes) is never recompiled.
+    """
+    eager = module.forward
+    compiled = torch.compile(eager, dynamic=False)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        x = args[0] if args else next(iter(kwargs.values()))
+        if module.training and torch.is_grad_enabled() and x.shape[0] == batch_size:
+            return compiled(*args, **kwargs)
+        return eager(*args, **kwargs)
+
+    module.forward = forward  # an instance attribute shadows the method
+
+    def restore() -> None:
+        del module.forward
+
+    return restore

@@ -125,6 +125,63 @@ def test_fit_after_partial_fit_forgets_the_stream(data, fitted):
     assert_same_weights(est, fitted)
 
 
+def test_compile_reaches_meta_train(data, monkeypatch):
+    """compile=True is passed to meta_train (compiling itself is tested there)."""
+    import sk_mann.training
+
+    seen = []
+    real = sk_mann.training.meta_train
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["compile"])
+        return real(*args, **{**kwargs, "compile": False})
+
+    monkeypatch.setattr(sk_mann.training, "meta_train", spy)
+    X, y, _, _ = data
+    make(n_episodes=4).fit(X, y)
+    make(n_episodes=4, compile=True).fit(X, y)
+    assert seen == [False, True]
+
+
+def test_numpy_stream_equals_torch_stream(data, fitted):
+    """The River loop on the NumPy fast path gives the torch path's answers."""
+    _, _, Xn, yn = data
+    fast, ref = copy.deepcopy(fitted), copy.deepcopy(fitted)
+    ref._numpy_ = None  # the straightforward torch path, kept as the reference
+    for i in range(30):
+        x = as_dict(Xn[i])
+        p_fast, p_ref = fast.predict_proba_one(x), ref.predict_proba_one(x)
+        assert p_fast.keys() == p_ref.keys()
+        for k in p_ref:
+            assert p_fast[k] == pytest.approx(p_ref[k], abs=1e-5)
+        # Every third sample learns another row than the one just predicted.
+        learn = x if i % 3 else as_dict(Xn[i + 20])
+        fast.learn_one(learn, yn[i])
+        ref.learn_one(learn, yn[i])
+    for a, b in zip(state_tensors(fast), state_tensors(ref), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_learning_a_predicted_row_reuses_nothing_stale(data, fitted):
+    """predict_one before learn_one (even across resets) changes no state."""
+    _, _, Xn, yn = data
+    a, b = copy.deepcopy(fitted), copy.deepcopy(fitted)
+    for i in range(12):
+        x = as_dict(Xn[i])
+        a.predict_one(x)
+        if i == 6:
+            a.reset_memory()
+            b.reset_memory()
+        a.learn_one(x, yn[i])
+        b.learn_one(x, yn[i])
+        if i == 9:  # a batch write in between
+            a.partial_fit(Xn[40:42], yn[40:42])
+            b.partial_fit(Xn[40:42], yn[40:42])
+    for ta, tb in zip(state_tensors(a), state_tensors(b), strict=True):
+        assert torch.equal(ta, tb)
+    np.testing.assert_array_equal(a.predict_proba(Xn), b.predict_proba(Xn))
+
+
 def test_prediction_methods_are_pure(data, fitted):
     X, y, Xn, _ = data
     est = copy.deepcopy(fitted)

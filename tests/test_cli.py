@@ -304,6 +304,27 @@ def test_train_resume_and_evaluate(tmp_path, capsys):
 
 
 @requires_omniglot
+def test_train_compile_flag_reaches_meta_train(tmp_path, monkeypatch):
+    import sk_mann.training
+
+    seen = []
+    real = sk_mann.training.meta_train
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["compile"])
+        return real(*args, **{**kwargs, "compile": False})  # no compile time here
+
+    monkeypatch.setattr(sk_mann.training, "meta_train", spy)
+    argv = ["train", "--data-home", str(omniglot_home()), *TINY_ARCH]
+    argv += ["--out", str(tmp_path / "m.pt"), "--batch-size", "2"]
+    argv += ["--batches-per-epoch", "1", "--eval-episodes", "2", "--episodes", "2"]
+    argv += ["--no-progress", "--threads", "1"]
+    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--compile"]) == 0
+    assert seen == [False, True]
+
+
+@requires_omniglot
 def test_evaluate_no_baselines(tiny_model, capsys):
     argv = ["evaluate", str(tiny_model), "--data-home", str(omniglot_home())]
     assert cli.main([*argv, "--episodes", "3", "--no-baselines"]) == 0

@@ -210,3 +210,21 @@ def test_code_log_probs_numpy_matches_torch(labels, n_way):
     assert got.shape == (4, 2, len(codes))
     want = s.code_log_probs(torch.from_numpy(logits.astype(np.float64)), codes)
     assert_allclose(got, want.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("labels, n_way", [("onehot", 5), ("string", 5)])
+def test_output_column_scores_renormalise_like_log_probs(labels, n_way):
+    """A softmax of the column scores over some codes = their renormalised probs."""
+    s = make_label_scheme(labels, n_way)
+    rng = np.random.default_rng(4)
+    logits = 3 * rng.standard_normal(s.width)
+    codes = rng.choice(s.n_codes, size=min(4, s.n_codes), replace=False)
+    assert_array_equal(
+        s.output_columns(codes), s.digits(codes) + s.group_size * np.arange(s.n_groups)
+    )
+    scores = logits[s.output_columns(codes)].sum(axis=1)
+    got = np.exp(scores - scores.max())
+    got /= got.sum()
+    logp = s.code_log_probs_numpy(logits[None], codes)[0]
+    assert_allclose(got, np.exp(logp) / np.exp(logp).sum(), rtol=1e-12)
+    assert not np.allclose(got, 1 / len(codes))  # the test sees real differences

@@ -21,10 +21,9 @@ def _stream(module, n_steps, seed=0):
     return torch.rand(n_steps, 1, 12 + 3, generator=g, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("controller,feedback,content,raw", OPTIONS)
-def test_numpy_stream_equals_torch(controller, feedback, content, raw):
+def _small(controller, feedback, content, raw):
     torch.manual_seed(0)
-    module = MANN(
+    return MANN(
         12,
         3,
         3,
@@ -36,8 +35,14 @@ def test_numpy_stream_equals_torch(controller, feedback, content, raw):
         read_feedback=feedback,
         write_content=content,
         read_after_write=raw,
-    ).double()  # float64: slots written alike have near-equal usages, and float32
+    ).double()
+
+
+@pytest.mark.parametrize("controller,feedback,content,raw", OPTIONS)
+def test_numpy_stream_equals_torch(controller, feedback, content, raw):
+    # float64: slots written alike have near-equal usages, and float32
     # rounding may order such near-ties differently in the two implementations.
+    module = _small(controller, feedback, content, raw)
     fast = NumpyMANN(module)
     state_t = module.initial_state(1)
     state_n = NumpyMANN.state_to_numpy(module.initial_state(1))
@@ -82,21 +87,38 @@ def test_numpy_views_follow_weight_updates():
 
 
 @pytest.mark.parametrize("controller,feedback,content,raw", OPTIONS)
+def test_single_row_step_equals_step(controller, feedback, content, raw):
+    """prepare + step_one + commit is the reference step, in values and state."""
+    module = _small(controller, feedback, content, raw)
+    fast = NumpyMANN(module)
+    ref = one = NumpyMANN.state_to_numpy(module.initial_state(1))
+    for inputs in _stream(module, 20):
+        x, label = inputs.numpy()[0, :12], inputs.numpy()[0, 12:]
+        logits_ref, ref = fast.step(inputs.numpy(), ref)
+        logits, pending = fast.step_one(x, fast.prepare(one, label), one)
+        one = fast.commit(pending, one)
+        np.testing.assert_allclose(logits, logits_ref[0], rtol=1e-9, atol=1e-10)
+        for a, b in zip([*one[:3], *one.memory], [*ref[:3], *ref.memory], strict=True):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_single_row_step_leaves_its_state_alone():
+    module = _small("lstm", True, "add", True)
+    fast = NumpyMANN(module)
+    state = NumpyMANN.state_to_numpy(module.initial_state(1))
+    for inputs in _stream(module, 4):
+        x, label = inputs.numpy()[0, :12], inputs.numpy()[0, 12:]
+        before = [a.copy() for a in (*state[:3], *state.memory)]
+        _, pending = fast.step_one(x, fast.prepare(state, label), state)
+        for a, b in zip(before, (*state[:3], *state.memory), strict=True):
+            np.testing.assert_array_equal(a, b)
+        state = fast.commit(pending, state)
+
+
+@pytest.mark.parametrize("controller,feedback,content,raw", OPTIONS)
 def test_factored_predict_equals_step(controller, feedback, content, raw):
-    torch.manual_seed(0)
-    module = MANN(
-        12,
-        3,
-        3,
-        controller=controller,
-        controller_size=16,
-        n_slots=6,
-        slot_size=5,
-        n_reads=2,
-        read_feedback=feedback,
-        write_content=content,
-        read_after_write=raw,
-    ).double()
+    module = _small(controller, feedback, content, raw)
     fast = NumpyMANN(module)
     state = NumpyMANN.state_to_numpy(module.initial_state(1))
     for inputs in _stream(module, 6):  # a state with a written, partly erased memory
@@ -105,4 +127,11 @@ def test_factored_predict_equals_step(controller, feedback, content, raw):
     expected, _ = fast.step(rows, state)
     np.testing.assert_allclose(
         fast.predict_logits(rows, state), expected, rtol=1e-9, atol=1e-10
+    )
+    # Features only, with the label and recurrent terms folded into ``base``.
+    rows[:, 12:] = np.eye(3)[2]
+    expected, _ = fast.step(rows, state)
+    base = fast.prepare(state, rows[0, 12:])
+    np.testing.assert_allclose(
+        fast.predict_logits(rows[:, :12], state, base), expected, rtol=1e-9, atol=1e-10
     )

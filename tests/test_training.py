@@ -361,3 +361,21 @@ def test_resume_with_a_lower_constant_lr_uses_it(tmp_path, prototypes_data):
     net = run(8, 1e-4)
     assert len(net.history) == 2
     assert all(g["lr"] == 1e-4 for g in net.optimizer_.param_groups)
+
+
+# torch.compile imports code that uses torch's own deprecated torch.jit API.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
+def test_compiled_training_matches_eager(tiny_sampler):
+    """compile=True trains the same network (up to rounding), then undoes itself."""
+    eager, compiled = tiny_mann(), tiny_mann()
+    meta_train(eager, tiny_sampler, n_episodes=2 * EPOCH, **TINY)
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    net = meta_train(compiled, tiny_sampler, n_episodes=2 * EPOCH, compile=True, **TINY)
+    assert counters["stats"]["unique_graphs"] > graphs  # it really compiled
+    assert "forward" not in vars(compiled)  # the eager method is back
+    assert not params_equal(compiled, tiny_mann())  # it did train
+    for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
+        assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert all(np.isfinite(row["train_loss"]) for row in net.history)

@@ -1,0 +1,261 @@
+"""Time to the paper's accuracy: meta-train against the clock (issue 5).
+
+Target: the paper's 2nd-instance accuracy on held-out Omniglot (82.8%) within
+15 minutes of wall time on the 2-core CPU. One run meta-trains one network
+(``--model`` as in ``table1.py``) at ``--batch-size`` and ``--lr`` for at most
+``--minutes``, logging held-out accuracy (500 episodes) every few epochs;
+``report`` then scores every finished run on the 1000 held-out episodes of
+Table 1 and writes ``benchmarks/results/time_to_accuracy.{json,md,png}``::
+
+    python benchmarks/time_to_accuracy.py train --model mann_add --batch-size 64 \\
+        --lr 2e-3 --schedule cosine --episodes 270000 --minutes 15 --threads 2
+    python benchmarks/time_to_accuracy.py report
+
+The wall time reported is the sum of the epoch durations, which include the
+periodic held-out evaluation (so it is, if anything, an overestimate of the
+training time). Runs are resumable; checkpoints live in ``benchmarks/runs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+from _common import (
+    RESULTS,
+    RUNS,
+    default_data_home,
+    metadata,
+    produced_by,
+    pyplot,
+    write_json,
+)
+from table1 import (
+    EVAL_SEED,
+    INSTANCES,
+    MODELS,
+    PAPER,
+    TABLE_INSTANCES,
+    make_network,
+    samplers,
+)
+
+from sk_mann.metrics import evaluate_network
+from sk_mann.training import meta_train
+
+TARGET_SECOND = 82.8  # paper's MANN, 2nd instance (%)
+TARGET_MINUTES = 15.0
+BATCHES_PER_EPOCH = 50
+
+
+def run_name(args: argparse.Namespace) -> str:
+    name = f"tta_{args.model}_b{args.batch_size}_lr{args.lr:g}_{args.schedule}"
+    return name + ("_compiled" if args.compile else "")
+
+
+def train(args: argparse.Namespace) -> None:
+    train_s, test_s = samplers(args.data_home)
+    module = make_network(args.model)
+    settings = {**MODELS[args.model]["train"], "batch_size": args.batch_size}
+    settings["lr"] = args.lr
+    ckpt = RUNS / run_name(args)
+    config = {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "schedule": args.schedule,
+        "planned_episodes": args.episodes,
+        "max_minutes": args.minutes,
+        "threads": args.threads,
+        "compile": args.compile,
+        "note": None,
+    }
+    ckpt.mkdir(parents=True, exist_ok=True)
+    (ckpt / "config.json").write_text(json.dumps(config, indent=2))
+    net = meta_train(
+        module,
+        train_s,
+        n_episodes=args.episodes,
+        batches_per_epoch=BATCHES_PER_EPOCH,
+        lr_schedule=args.schedule,
+        eval_sampler=test_s,
+        eval_episodes=500,
+        eval_every=args.eval_every,
+        seed=0,
+        checkpoint_dir=ckpt,
+        max_time=args.minutes * 60,
+        progress_bar=False,
+        compile=args.compile,
+        **settings,
+    )
+    print(f"done: {len(net.history)} epochs")
+
+
+def report(args: argparse.Namespace) -> None:
+    _, test_s = samplers(args.data_home)
+    runs = {}
+    for ckpt in sorted(RUNS.glob("tta_*")):
+        if not (ckpt / "config.json").exists():
+            continue
+        config = json.loads((ckpt / "config.json").read_text())
+        history = json.loads((ckpt / "history.json").read_text())
+        module = make_network(config["model"])
+        module.load_state_dict(torch.load(ckpt / "params.pt", weights_only=True))
+        res = evaluate_network(
+            module,
+            test_s,
+            n_episodes=args.episodes,
+            seed=EVAL_SEED,
+            batch_size=256,
+            instances=INSTANCES,
+        )
+        wall = np.cumsum([h["dur"] for h in history])
+        per_epoch = BATCHES_PER_EPOCH * config["batch_size"]
+        curve = [
+            {
+                "minutes": float(wall[i] / 60),
+                "episodes": (i + 1) * per_epoch,
+                "heldout_acc_2": h["heldout_acc_2"],
+            }
+            for i, h in enumerate(history)
+            if "heldout_acc_2" in h
+        ]
+        first = next((c for c in curve if c["heldout_acc_2"] >= TARGET_SECOND), None)
+        runs[ckpt.name] = {
+            "config": config,
+            "episodes_trained": len(history) * per_epoch,
+            "train_minutes": float(wall[-1] / 60),
+            "episodes_per_second": len(history) * per_epoch / float(wall[-1]),
+            "accuracy": res["accuracy"],
+            "ci95": res.get("ci95"),
+            "curve": curve,
+            "first_500ep_check_at_target": first,
+        }
+        acc = np.round(100 * np.array(res["accuracy"]), 1)
+        print(ckpt.name, f"{wall[-1] / 60:.1f} min", acc)
+    payload = {
+        "benchmark": "time_to_accuracy",
+        "target": {"second_instance": TARGET_SECOND, "minutes": TARGET_MINUTES},
+        "eval_episodes": args.episodes,
+        "eval_seed": EVAL_SEED,
+        "instances": list(INSTANCES),
+        "runs": runs,
+        "paper": PAPER["MANN (paper)"],
+        **metadata(),
+    }
+    write_json("time_to_accuracy", payload)
+    write_markdown(payload)
+    plot(payload)
+
+
+def write_markdown(payload: dict) -> None:
+    cols = [INSTANCES.index(i) for i in TABLE_INSTANCES]
+    head = " / ".join(f"{i}" for i in TABLE_INSTANCES)
+    lines = [
+        "# Time to the paper's accuracy (2nd instance >= 82.8% in <= 15 min)",
+        "",
+        f"Held-out accuracy (%) on {payload['eval_episodes']} episodes of characters "
+        "1201-1623, instances " + head + ".",
+        "",
+        "| run | batch | lr (schedule) | compiled | episodes | wall min | episodes/s "
+        "| accuracy | 2nd >= 82.8 in <= 15 min |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in payload["runs"].items():
+        c = r["config"]
+        acc = 100 * np.array(r["accuracy"])
+        met = acc[1] >= TARGET_SECOND and r["train_minutes"] <= TARGET_MINUTES
+        lines.append(
+            f"| {c['model']} | {c['batch_size']} | {c['lr']:g} ({c['schedule']}) "
+            f"| {'yes' if c.get('compile') else 'no'} "
+            f"| {r['episodes_trained']:,} | {r['train_minutes']:.1f} "
+            f"| {r['episodes_per_second']:.0f} "
+            f"| {' / '.join(f'{acc[i]:.1f}' for i in cols)} "
+            f"| {'yes' if met else 'no'} |"
+        )
+    lines += ["", "Commands of the runs:", ""]
+    for r in payload["runs"].values():
+        c = r["config"]
+        lines.append(
+            f"- `python benchmarks/time_to_accuracy.py train --model {c['model']} "
+            f"--batch-size {c['batch_size']} --lr {c['lr']:g} --schedule "
+            f"{c['schedule']} --episodes {c['planned_episodes']} --minutes "
+            f"{c['max_minutes']:g} --threads {c['threads']}"
+            + (" --compile`" if c.get("compile") else "`")
+        )
+    notes = [
+        f"- {r['config']['model']}, batch {r['config']['batch_size']}: "
+        f"{r['config']['note']}."
+        for r in payload["runs"].values()
+        if r["config"].get("note")
+    ]
+    lines += ["", *notes] if notes else []
+    lines += [
+        "",
+        "Paper MANN: " + " / ".join(f"{v}" for v in payload["paper"]) + ".",
+        "Wall time is the sum of epoch durations, periodic held-out checks included.",
+        "",
+        produced_by(payload),
+        "",
+        "![time to accuracy](time_to_accuracy.png)",
+    ]
+    (RESULTS / "time_to_accuracy.md").write_text("\n".join(lines) + "\n")
+
+
+def plot(payload: dict) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in payload["runs"].items():
+        c = r["config"]
+        ax.plot(
+            [p["minutes"] for p in r["curve"]],
+            [p["heldout_acc_2"] for p in r["curve"]],
+            marker=".",
+            label=f"{c['model']} batch {c['batch_size']} lr {c['lr']:g}"
+            + (" compiled" if c.get("compile") else ""),
+        )
+    ax.axhline(TARGET_SECOND, color="k", ls="--", lw=1, label="paper MANN, 2nd")
+    ax.axvline(TARGET_MINUTES, color="r", ls=":", lw=1, label="15 min")
+    ax.set_xlabel("wall minutes (2-core CPU)")
+    ax.set_ylabel("held-out 2nd-instance accuracy (%, 500 episodes)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "time_to_accuracy.png", dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("stage", choices=["train", "report"])
+    p.add_argument("--model", choices=list(MODELS), default="mann_add")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--schedule", choices=["constant", "cosine"], default="cosine")
+    p.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="train: planned episodes (cosine length; default 270,000); "
+        "report: held-out episodes (default 1000)",
+    )
+    p.add_argument("--minutes", type=float, default=TARGET_MINUTES)
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="train: torch.compile the training forward (compile time counts)",
+    )
+    p.add_argument("--data-home", default=default_data_home())
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.episodes is None:
+        args.episodes = 270_000 if args.stage == "train" else 1000
+    train(args) if args.stage == "train" else report(args)
+
+
+if __name__ == "__main__":
+    main()
