@@ -84,9 +84,14 @@ class NumpyMANN:
         RW, R = module.n_reads * module.slot_size, module.n_reads
         self.head_scale = np.ones(self.b_head.shape[0], dtype=dt)
         self.head_scale[RW : RW + R] = 0.5  # the write gates are sigmoids
+        self._params = list(module.parameters())
         #: Scratch space of the estimator streaming through this engine.
         self.memo: tuple | None = None
         self.row_memo: tuple = ((), None)
+
+    def weights_version(self) -> tuple:
+        """Torch's version counters of the weights: they change on in-place updates."""
+        return tuple(p._version for p in self._params)
 
     @staticmethod
     def state_to_numpy(state: MANNState) -> MANNState:

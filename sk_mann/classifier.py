@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -55,6 +55,17 @@ def _atomic(method):
             raise
 
     return wrapper
+
+
+class _StreamMemo(NamedTuple):
+    """What streaming derives from the committed state (see ``_stream_cache``)."""
+
+    state: Any  # the ``state_`` object it was derived from
+    prev_code: int
+    weights_version: tuple
+    np_state: Any  # NumPy views of ``state``
+    base: np.ndarray  # gate terms of the next step that do not depend on x
+    pending: tuple | None = None  # (x, step) of the last one-row prediction
 
 
 def _map_state(fn, state):
@@ -526,31 +537,37 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         vec = self.scheme_.encode_one(code)
         return np.repeat(vec, n, axis=0) if n > 1 else vec
 
-    def _stream_cache(self) -> tuple:
-        """``(state_, prev_code_, NumPy view of state_, next-step base, pending)``.
+    def _stream_cache(self) -> _StreamMemo:
+        """The NumPy view of ``state_`` and the next step's gate base, memoised.
 
-        Derived from the committed state and rebuilt whenever ``state_`` or
-        ``prev_code_`` is not the one it was built from; ``pending`` is the last
-        one-row prediction ``(x, logits, step)``, which :meth:`_write` commits
-        instead of recomputing when the same row is then learnt (River's
-        predict-then-learn loop). It lives on the NumPy engine, outside the
-        estimator's ``__dict__``: predictions leave the estimator as it was, and
-        pickles and copies rebuild it.
+        Valid while ``state_``, ``prev_code_`` and the weights (torch's version
+        counters: in-place updates count) are the ones it was built from;
+        rebuilt otherwise. ``pending`` is the last one-row prediction, which
+        :meth:`_write` commits instead of recomputing when the same row is then
+        learnt (River's predict-then-learn loop). The memo lives on the NumPy
+        engine, outside the estimator's ``__dict__``: predictions leave the
+        estimator as it was, and pickles and copies rebuild it.
         """
-        cache = self._numpy_.memo
-        if cache is None or cache[0] is not self.state_ or cache[1] != self.prev_code_:
+        fast = self._numpy_
+        memo, version = fast.memo, fast.weights_version()
+        if (
+            memo is None
+            or memo.state is not self.state_
+            or memo.prev_code != self.prev_code_
+            or memo.weights_version != version
+        ):
             np_state = NumpyMANN.state_to_numpy(self.state_)
-            base = self._numpy_.prepare(np_state, self._label_vector(self.prev_code_))
-            cache = (self.state_, self.prev_code_, np_state, base, None)
-            self._numpy_.memo = cache
-        return cache
+            base = fast.prepare(np_state, self._label_vector(self.prev_code_))
+            memo = _StreamMemo(self.state_, self.prev_code_, version, np_state, base)
+            fast.memo = memo
+        return memo
 
     def _predict_row_fast(self, row: np.ndarray) -> np.ndarray:
         """Logits of one row on the NumPy path; remembers the step for learn_one."""
-        cache = self._stream_cache()
+        memo = self._stream_cache()
         x = row.astype(self._numpy_.dtype)
-        logits, step = self._numpy_.step_one(x, cache[3], cache[2])
-        self._numpy_.memo = cache[:4] + ((x, logits, step),)
+        logits, step = self._numpy_.step_one(x, memo.base, memo.np_state)
+        self._numpy_.memo = memo._replace(pending=(x, step))
         return logits
 
     def _write(self, X: np.ndarray, y) -> None:
@@ -561,21 +578,17 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             return
         X_ = np.asarray(X, dtype=fast.dtype)
         for i in range(X_.shape[0]):
-            _, _, np_state, base, pending = self._stream_cache()
-            if pending is not None and np.array_equal(pending[0], X_[i]):
-                step = pending[2]  # this row was just predicted: same step
+            memo = self._stream_cache()
+            if memo.pending is not None and np.array_equal(memo.pending[0], X_[i]):
+                step = memo.pending[1]  # this row was just predicted: same step
             else:
-                _, step = fast.step_one(X_[i], base, np_state)
-            new = fast.commit(step, np_state)
+                _, step = fast.step_one(X_[i], memo.base, memo.np_state)
+            new = fast.commit(step, memo.np_state)
             self.prev_code_ = self._bind(y[i])
             self.state_ = NumpyMANN.state_to_torch(new)
-            label = self._label_vector(self.prev_code_)
-            fast.memo = (
-                self.state_,
-                self.prev_code_,
-                new,
-                fast.prepare(new, label),
-                None,
+            base = fast.prepare(new, self._label_vector(self.prev_code_))
+            fast.memo = _StreamMemo(
+                self.state_, self.prev_code_, memo.weights_version, new, base
             )
 
     @torch.no_grad()
@@ -599,7 +612,8 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         labels = [self.codes_[c] for c in codes]
         out = np.empty((X.shape[0], len(codes)))
         if self._numpy_ is not None:
-            _, _, np_state, base, _ = self._stream_cache()
+            memo = self._stream_cache()
+            np_state, base = memo.np_state, memo.base
             columns = self.scheme_.output_columns(codes)
             for start in range(0, X.shape[0], _PREDICT_CHUNK):
                 rows = np.asarray(X[start : start + _PREDICT_CHUNK], self._numpy_.dtype)

@@ -182,6 +182,28 @@ def test_learning_a_predicted_row_reuses_nothing_stale(data, fitted):
     np.testing.assert_array_equal(a.predict_proba(Xn), b.predict_proba(Xn))
 
 
+def test_streaming_follows_in_place_weight_updates(data, fitted):
+    """Weights changed in place (e.g. load_state_dict) are used at the next call."""
+    _, _, Xn, yn = data
+    fast, ref = copy.deepcopy(fitted), copy.deepcopy(fitted)
+    ref._numpy_ = None
+    for est in (fast, ref):
+        est.learn_one(as_dict(Xn[0]), yn[0])
+    x = as_dict(Xn[1])
+    fast.predict_proba_one(x)  # memoises the step and the gate terms
+    for est in (fast, ref):
+        with torch.no_grad():
+            est.module_.input_proj.bias.add_(0.5)
+            est.module_.recurrent_proj.weight.mul_(1.5)
+    p_fast, p_ref = fast.predict_proba_one(x), ref.predict_proba_one(x)
+    for k in p_ref:
+        assert p_fast[k] == pytest.approx(p_ref[k], abs=1e-5)
+    for est in (fast, ref):
+        est.learn_one(x, yn[1])
+    for a, b in zip(state_tensors(fast), state_tensors(ref), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_prediction_methods_are_pure(data, fitted):
     X, y, Xn, _ = data
     est = copy.deepcopy(fitted)
