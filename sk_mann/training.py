@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch._dynamo.exc
 from skorch import NeuralNet
 from skorch.callbacks import Callback, Checkpoint, LRScheduler, PrintLog, ProgressBar
 
@@ -351,7 +352,15 @@ def _compile_training_forward(
     def forward(*args: Any, **kwargs: Any) -> Any:
         x = args[0] if args else next(iter(kwargs.values()))
         if module.training and torch.is_grad_enabled() and x.shape[0] == batch_size:
-            return compiled(*args, **kwargs)
+            try:
+                return compiled(*args, **kwargs)
+            except torch._dynamo.exc.BackendCompilerFailed as exc:
+                raise RuntimeError(
+                    "compile=True: torch.compile could not build the training "
+                    f"kernels ({str(exc).splitlines()[0]}). On a CPU it needs a "
+                    "working C++ compiler (e.g. gcc); install one, or train with "
+                    "compile=False."
+                ) from exc
         return eager(*args, **kwargs)
 
     module.forward = forward  # an instance attribute shadows the method

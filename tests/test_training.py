@@ -379,3 +379,23 @@ def test_compiled_training_matches_eager(tiny_sampler):
     for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
         assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-4, atol=1e-5)
     assert all(np.isfinite(row["train_loss"]) for row in net.history)
+
+
+def test_compile_failure_is_a_clear_error(tiny_sampler, monkeypatch):
+    """Without a working compiler, compile=True says so and leaves the module usable."""
+    import sk_mann.training as training
+
+    def broken_compile(fn, **kwargs):
+        def run(*args, **kw):
+            raise torch._dynamo.exc.BackendCompilerFailed(
+                "inductor", RuntimeError("no C++ compiler"), None
+            )
+
+        return run
+
+    monkeypatch.setattr(training.torch, "compile", broken_compile)
+    module = tiny_mann()
+    with pytest.raises(RuntimeError, match="C\\+\\+ compiler"):
+        meta_train(module, tiny_sampler, n_episodes=EPOCH, compile=True, **TINY)
+    assert "forward" not in vars(module)  # the eager forward is back
+    meta_train(module, tiny_sampler, n_episodes=EPOCH, **TINY)  # and trains
