@@ -247,7 +247,7 @@ def meta_train(
     compile : bool, default=False
         Run the training forward pass (and so its backward) through
         ``torch.compile``, which fuses each episode's many small operations into
-        a few generated kernels: 1.5-1.7x the episodes per second on a CPU,
+        a few generated kernels: 1.5-1.9x the episodes per second on a CPU,
         after a one-off compilation of one to two minutes (needs a C++
         compiler). Only training batches use it; evaluation stays eager.
 
