@@ -11,15 +11,20 @@ Table 1 and writes ``benchmarks/results/time_to_accuracy.{json,md,png}``::
         --lr 2e-3 --schedule cosine --episodes 270000 --minutes 15 --threads 2
     python benchmarks/time_to_accuracy.py report
 
-The wall time reported is the sum of the epoch durations, which include the
-periodic held-out evaluation (so it is, if anything, an overestimate of the
-training time). Runs are resumable; checkpoints live in ``benchmarks/runs/``.
+The budget is wall-clock: ``meta_train(max_time=...)`` counts everything from
+the start of training (compilation and held-out checks included) and stops at
+the first epoch end past it. The "train min" reported is the sum of skorch's
+epoch durations: compilation included, the held-out checks (500 episodes
+every ``--eval-every`` epochs) not. ``train`` also records the real elapsed
+time of the run in its ``config.json``. Runs are resumable; checkpoints live in
+``benchmarks/runs/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import numpy as np
 import torch
@@ -74,6 +79,7 @@ def train(args: argparse.Namespace) -> None:
     }
     ckpt.mkdir(parents=True, exist_ok=True)
     (ckpt / "config.json").write_text(json.dumps(config, indent=2))
+    t0 = time.monotonic()
     net = meta_train(
         module,
         train_s,
@@ -90,6 +96,8 @@ def train(args: argparse.Namespace) -> None:
         compile=args.compile,
         **settings,
     )
+    config["wall_seconds"] = time.monotonic() - t0  # this segment, all included
+    (ckpt / "config.json").write_text(json.dumps(config, indent=2))
     print(f"done: {len(net.history)} epochs")
 
 
@@ -159,7 +167,7 @@ def write_markdown(payload: dict) -> None:
         f"Held-out accuracy (%) on {payload['eval_episodes']} episodes of characters "
         "1201-1623, instances " + head + ".",
         "",
-        "| run | batch | lr (schedule) | compiled | episodes | wall min | episodes/s "
+        "| run | batch | lr (schedule) | compiled | episodes | train min | episodes/s "
         "| accuracy | 2nd >= 82.8 in <= 15 min |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -195,7 +203,9 @@ def write_markdown(payload: dict) -> None:
     lines += [
         "",
         "Paper MANN: " + " / ".join(f"{v}" for v in payload["paper"]) + ".",
-        "Wall time is the sum of epoch durations, periodic held-out checks included.",
+        "Train min: the sum of epoch durations (compilation included, held-out "
+        "checks not). The 15-minute budget is wall-clock and counts everything: "
+        "a run stops at the first epoch end past 15 minutes of real time.",
         "",
         produced_by(payload),
         "",
@@ -218,7 +228,7 @@ def plot(payload: dict) -> None:
         )
     ax.axhline(TARGET_SECOND, color="k", ls="--", lw=1, label="paper MANN, 2nd")
     ax.axvline(TARGET_MINUTES, color="r", ls=":", lw=1, label="15 min")
-    ax.set_xlabel("wall minutes (2-core CPU)")
+    ax.set_xlabel("training minutes, held-out checks excluded (2-core CPU)")
     ax.set_ylabel("held-out 2nd-instance accuracy (%, 500 episodes)")
     ax.legend(fontsize=8)
     fig.tight_layout()
