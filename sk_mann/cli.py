@@ -654,17 +654,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _out()
     _out("Accuracy (%) at each instance of a class, with 95% confidence half-widths:")
     _out()
-    _out(_demo.format_table(results))
-    _out()
-    for line in _summary_lines(results):
-        _para("", line)
-    river = results.get(_demo.RIVER_LABEL)
-    if river is not None and river["n_episodes"] < args.episodes:
-        _para(
-            "",
-            f"River's kNN ran on the first {river['n_episodes']} of the episodes "
-            "(--river-episodes).",
-        )
+    _print_results(results, args.episodes)
     _out()
     chance = 1.0 / model.scheme.n_codes
     if plot_path is not None:
@@ -966,6 +956,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 
 
+def _print_results(results: dict, episodes: int) -> None:
+    """The per-instance table, its summary lines, and River's episode count."""
+    from . import _demo
+
+    _out(_demo.format_table(results))
+    _out()
+    for line in _summary_lines(results):
+        _para("", line)
+    river = results.get(_demo.RIVER_LABEL)
+    if river is not None and river["n_episodes"] < episodes:
+        _para(
+            "",
+            f"River's kNN ran on the first {river['n_episodes']} of the episodes "
+            "(--river-episodes).",
+        )
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import _demo
 
@@ -1001,17 +1008,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         log=_out,
     )
     _out()
-    _out(_demo.format_table(results))
-    _out()
-    for line in _summary_lines(results):
-        _para("", line)
-    river = results.get(_demo.RIVER_LABEL)
-    if river is not None and river["n_episodes"] < args.episodes:
-        _para(
-            "",
-            f"River's kNN ran on the first {river['n_episodes']} of the episodes "
-            "(--river-episodes).",
-        )
+    _print_results(results, args.episodes)
     if plot_path is not None:
         title = (
             f"Held-out Omniglot, {n_way} classes per episode, {Path(model.source).name}"

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch._dynamo.exc
 from skorch import NeuralNet
 from skorch.callbacks import Callback, Checkpoint, LRScheduler, PrintLog, ProgressBar
 
@@ -346,6 +345,9 @@ def _compile_training_forward(
     Other calls (evaluation, other batch sizes) keep the eager forward, so the
     one compiled graph (static shapes) is never recompiled.
     """
+    # Imported here: torch._dynamo takes most of a second to import.
+    from torch._dynamo.exc import BackendCompilerFailed
+
     eager = module.forward
     compiled = torch.compile(eager, dynamic=False)
 
@@ -354,7 +356,7 @@ def _compile_training_forward(
         if module.training and torch.is_grad_enabled() and x.shape[0] == batch_size:
             try:
                 return compiled(*args, **kwargs)
-            except torch._dynamo.exc.BackendCompilerFailed as exc:
+            except BackendCompilerFailed as exc:
                 raise RuntimeError(
                     "compile=True: torch.compile could not build the training "
                     f"kernels ({str(exc).splitlines()[0]}). On a CPU it needs a "
