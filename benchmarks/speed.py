@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from _common import RESULTS, metadata, produced_by, pyplot, write_json
 
-from sk_mann import MANNOneShotClassifier
+from sk_mann import MANNOneShotClassifier, _jit_step
 from sk_mann.model import MANN
 from sk_mann.training import _compile_training_forward
 
@@ -180,11 +180,24 @@ def optimisations(iters: int) -> dict:
             lambda m, x: m.predict_one(x),
         ),
     }
+    if _jit_step.AVAILABLE:
+        variants["compiled (numba) step, 1 thread"] = (
+            "jit",
+            lambda m, x: m.predict_one(x),
+        )
+        variants["compiled (numba) step, 2 threads (n_jobs=2)"] = (
+            "jit2",
+            lambda m, x: m.predict_one(x),
+        )
     for name, (engine, predict) in variants.items():
-        mann = MANNOneShotClassifier(**PAPER, seed=0)
+        mann = MANNOneShotClassifier(
+            **PAPER, seed=0, n_jobs=2 if engine == "jit2" else None
+        )
         mann.learn_one(xs[0], ys[0])
         if engine == "torch":
             mann._numpy_ = None
+        elif engine == "numpy":
+            mann._numpy_.jit = False
         out[f"stream, {name}"] = _latency(
             mann, xs[1:], ys[1:], lambda m, x, y: m.learn_one(x, y), predict
         )
@@ -282,15 +295,16 @@ class _SklearnStream:
 def streaming(n: int) -> dict:
     xs, ys, X = _stream(n + 1000)
     res = {}
-    mann = MANNOneShotClassifier(**PAPER, seed=0)
-    mann.learn_one(xs[0], ys[0])
-    res["MANN (sk_mann)"] = _latency(
-        mann,
-        xs[1 : n + 1],
-        ys[1 : n + 1],
-        lambda m, x, y: m.learn_one(x, y),
-        lambda m, x: m.predict_one(x),
-    )
+    for n_jobs in (None, 2) if _jit_step.AVAILABLE else (None,):
+        mann = MANNOneShotClassifier(**PAPER, seed=0, n_jobs=n_jobs)
+        mann.learn_one(xs[0], ys[0])
+        res[f"MANN (sk_mann, n_jobs={n_jobs})"] = _latency(
+            mann,
+            xs[1 : n + 1],
+            ys[1 : n + 1],
+            lambda m, x, y: m.learn_one(x, y),
+            lambda m, x: m.predict_one(x),
+        )
     from river import neighbors
 
     knn = neighbors.KNNClassifier()

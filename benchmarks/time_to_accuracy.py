@@ -57,6 +57,7 @@ BATCHES_PER_EPOCH = 50
 
 def run_name(args: argparse.Namespace) -> str:
     name = f"tta_{args.model}_b{args.batch_size}_lr{args.lr:g}_{args.schedule}"
+    name += f"_{args.episodes // 1000}k"
     return name + ("_compiled" if args.compile else "")
 
 
@@ -75,6 +76,7 @@ def train(args: argparse.Namespace) -> None:
         "max_minutes": args.minutes,
         "threads": args.threads,
         "compile": args.compile,
+        "eval_every": args.eval_every,
         "note": None,
     }
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -101,9 +103,27 @@ def train(args: argparse.Namespace) -> None:
     print(f"done: {len(net.history)} epochs")
 
 
+def _earlier_runs() -> dict:
+    """Runs of the committed results whose checkpoints are not on this machine.
+
+    Checkpoints are not committed, so a fresh checkout can re-score only the
+    runs it trained itself; the others are carried over as they were scored.
+    """
+    path = RESULTS / "time_to_accuracy.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    out = {}
+    for name, r in old.get("runs", {}).items():
+        if not (RUNS / name / "params.pt").exists():
+            r.setdefault("scored_at_commit", old.get("git_commit"))
+            out[name] = r
+    return out
+
+
 def report(args: argparse.Namespace) -> None:
     _, test_s = samplers(args.data_home)
-    runs = {}
+    runs = _earlier_runs()
     for ckpt in sorted(RUNS.glob("tta_*")):
         if not (ckpt / "config.json").exists():
             continue
@@ -135,6 +155,9 @@ def report(args: argparse.Namespace) -> None:
             "config": config,
             "episodes_trained": len(history) * per_epoch,
             "train_minutes": float(wall[-1] / 60),
+            "wall_minutes": (
+                config["wall_seconds"] / 60 if "wall_seconds" in config else None
+            ),
             "episodes_per_second": len(history) * per_epoch / float(wall[-1]),
             "accuracy": res["accuracy"],
             "ci95": res.get("ci95"),
@@ -167,18 +190,22 @@ def write_markdown(payload: dict) -> None:
         f"Held-out accuracy (%) on {payload['eval_episodes']} episodes of characters "
         "1201-1623, instances " + head + ".",
         "",
-        "| run | batch | lr (schedule) | compiled | episodes | train min | episodes/s "
-        "| accuracy | 2nd >= 82.8 in <= 15 min |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | batch | lr (schedule) | compiled | episodes | train min | wall min "
+        "| episodes/s | accuracy | 2nd >= 82.8 in <= 15 min |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in payload["runs"].items():
         c = r["config"]
         acc = 100 * np.array(r["accuracy"])
-        met = acc[1] >= TARGET_SECOND and r["train_minutes"] <= TARGET_MINUTES
+        # Wall-clock time where the run recorded it (everything included).
+        wall = r.get("wall_minutes")
+        minutes = r["train_minutes"] if wall is None else wall
+        met = acc[1] >= TARGET_SECOND and minutes <= TARGET_MINUTES
         lines.append(
             f"| {c['model']} | {c['batch_size']} | {c['lr']:g} ({c['schedule']}) "
             f"| {'yes' if c.get('compile') else 'no'} "
             f"| {r['episodes_trained']:,} | {r['train_minutes']:.1f} "
+            f"| {'' if wall is None else f'{wall:.1f}'} "
             f"| {r['episodes_per_second']:.0f} "
             f"| {' / '.join(f'{acc[i]:.1f}' for i in cols)} "
             f"| {'yes' if met else 'no'} |"
@@ -190,8 +217,8 @@ def write_markdown(payload: dict) -> None:
             f"- `python benchmarks/time_to_accuracy.py train --model {c['model']} "
             f"--batch-size {c['batch_size']} --lr {c['lr']:g} --schedule "
             f"{c['schedule']} --episodes {c['planned_episodes']} --minutes "
-            f"{c['max_minutes']:g} --threads {c['threads']}"
-            + (" --compile`" if c.get("compile") else "`")
+            f"{c['max_minutes']:g} --eval-every {c.get('eval_every', 5)} "
+            f"--threads {c['threads']}" + (" --compile`" if c.get("compile") else "`")
         )
     notes = [
         f"- {r['config']['model']}, batch {r['config']['batch_size']}: "
@@ -204,8 +231,10 @@ def write_markdown(payload: dict) -> None:
         "",
         "Paper MANN: " + " / ".join(f"{v}" for v in payload["paper"]) + ".",
         "Train min: the sum of epoch durations (compilation included, held-out "
-        "checks not). The 15-minute budget is wall-clock and counts everything: "
-        "a run stops at the first epoch end past 15 minutes of real time.",
+        "checks not). Wall min: the real time of the whole run, everything "
+        "included (recorded by runs since session 3; the verdict uses it where "
+        "present). The 15-minute budget is wall-clock: a run stops at the first "
+        "epoch end past 15 minutes of real time.",
         "",
         produced_by(payload),
         "",

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from . import _jit_step
 from .memory import MemoryState
 from .model import MANN, MANNState
 
@@ -42,6 +43,21 @@ class PendingStep(NamedTuple):
     memory: np.ndarray  # (N, W), M_t
     read_weights: np.ndarray  # (R, N)
     write_weights: np.ndarray  # (R, N)
+
+
+def _committed(pending: PendingStep, usage, least_used) -> MANNState:
+    """The batch-1 state a committed one-row step leaves."""
+    return MANNState(
+        pending.h[None],
+        np.ascontiguousarray(pending.c)[None],
+        pending.reads[None],
+        MemoryState(
+            pending.memory[None],
+            usage[None],
+            pending.read_weights[None],
+            least_used[None],
+        ),
+    )
 
 
 class NumpyMANN:
@@ -85,6 +101,15 @@ class NumpyMANN:
         self.head_scale = np.ones(self.b_head.shape[0], dtype=dt)
         self.head_scale[RW : RW + R] = 0.5  # the write gates are sigmoids
         self._params = list(module.parameters())
+        # The compiled single-row kernels read torch's layout (a row per unit).
+        self.w_in = p["input_proj.weight"]
+        self.w_rec = p.get("recurrent_proj.weight")
+        self.w_head = p["head.weight"]
+        self.w_out = p["output.weight"]
+        #: Use the compiled kernels of :mod:`sk_mann._jit_step` for one row.
+        self.jit = _jit_step.AVAILABLE
+        #: Threads of the compiled kernels (their two large products).
+        self.n_threads = 1
         #: Scratch space of the estimator streaming through this engine.
         self.memo: tuple | None = None
         self.row_memo: tuple = ((), None)
@@ -311,6 +336,10 @@ class NumpyMANN:
         label : ndarray of shape (1, n_label_inputs) or (n_label_inputs,)
         """
         m = self.m
+        if self.jit:  # the same kernel as commit_prepare: the same rounding
+            return _jit_step.prepare(
+                *self._prepare_args(state.h[0], state.reads[0], label)
+            )
         base = self.b_in + np.ravel(label) @ self.w_label_t
         if self.w_rec_t is not None:
             parts = ([state.h[0]] if m.controller == "lstm" else []) + (
@@ -344,6 +373,25 @@ class NumpyMANN:
             Pass to :meth:`commit` to learn the sample; drop it to only predict.
         """
         m = self.m
+        if self.jit:
+            mem = state.memory
+            h, c = _jit_step.gates(
+                self.w_in, x, base, state.c[0], m.controller == "lstm", self.n_threads
+            )
+            logits, reads, memory, read_w, write_w = _jit_step.read_and_output(
+                h,
+                self.w_head,
+                self.b_head,
+                mem.memory[0],
+                mem.usage[0],
+                mem.read_weights[0],
+                mem.least_used[0],
+                self.w_out,
+                self.b_out,
+                m.write_content == "add",
+                m.read_after_write,
+            )
+            return logits, PendingStep(h, c, reads, memory, read_w, write_w)
         R, W, H = m.n_reads, m.slot_size, m.controller_size
         gates = x @ self.w_x_t
         gates += base
@@ -394,14 +442,45 @@ class NumpyMANN:
         usage += m.gamma * state.memory.usage[0]
         least_used = np.zeros(usage.shape, usage.dtype)
         least_used[np.argsort(usage, kind="stable")[: m.n_reads]] = 1.0
-        return MANNState(
-            pending.h[None],
-            np.ascontiguousarray(pending.c)[None],
-            pending.reads[None],
-            MemoryState(
-                pending.memory[None],
-                usage[None],
-                pending.read_weights[None],
-                least_used[None],
-            ),
+        return _committed(pending, usage, least_used)
+
+    def commit_prepare(
+        self, pending: PendingStep, state: MANNState, label: np.ndarray
+    ) -> tuple[MANNState, np.ndarray]:
+        """:meth:`commit` then :meth:`prepare` of the new state and ``label``."""
+        if not self.jit:
+            new = self.commit(pending, state)
+            return new, self.prepare(new, label)
+        usage, least_used, base = _jit_step.commit_prepare(
+            state.memory.usage[0],
+            pending.read_weights,
+            pending.write_weights,
+            self.dtype.type(self.m.gamma),
+            self.m.n_reads,
+            *self._prepare_args(pending.h, pending.reads, label),
+        )
+        return _committed(pending, usage, least_used), base
+
+    def _prepare_args(
+        self, h: np.ndarray, reads: np.ndarray, label: np.ndarray
+    ) -> tuple:
+        """Arguments of the compiled ``prepare`` for a state's ``h`` and reads."""
+        m = self.m
+        if self.w_rec is None:
+            rec, w_rec = self.b_in[:0], self.w_in
+        else:
+            parts = ([h] if m.controller == "lstm" else []) + (
+                [reads] if m.read_feedback else []
+            )
+            rec = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            w_rec = self.w_rec
+        return (
+            self.w_in,
+            self.b_in,
+            m.n_inputs,
+            np.ravel(label).astype(self.dtype, copy=False),
+            w_rec,
+            rec,
+            m.controller_size,
+            self.n_threads,
         )

@@ -21,6 +21,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from . import _jit_step
 from . import pretrained as _pretrained
 from ._numpy_step import NumpyMANN
 from .episodes import EpisodeSampler
@@ -32,6 +33,9 @@ __all__ = ["MANNOneShotClassifier"]
 #: Rows processed at once by ``predict_proba`` (bounds memory: each row carries
 #: its own copy of the memory after its hypothetical write).
 _PREDICT_CHUNK = 512
+#: Up to this many bound classes, ``predict_proba_one`` normalises with Python
+#: floats (a handful of NumPy calls would cost more than the arithmetic).
+_PYTHON_SOFTMAX_MAX = 32
 
 
 def _atomic(method):
@@ -65,7 +69,7 @@ class _StreamMemo(NamedTuple):
     weights_version: tuple
     np_state: Any  # NumPy views of ``state``
     base: np.ndarray  # gate terms of the next step that do not depend on x
-    pending: tuple | None = None  # (x, step) of the last one-row prediction
+    pending: tuple | None = None  # (row, x, step) of the last one-row prediction
 
 
 def _map_state(fn, state):
@@ -162,6 +166,15 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         assignment of label codes to classes.
     device : str, default="cpu"
         Torch device, e.g. ``"cpu"`` or ``"cuda"``.
+    n_jobs : int or None, default=None
+        Threads of the step of one streamed sample (``learn_one``,
+        ``predict_one``, ``partial_fit``) on the CPU when numba is installed
+        (``pip install sk_mann[fast]``): the controller's two large products
+        are split by unit over the threads, so each core keeps its share of the
+        weights in its own cache. ``None`` means 1, ``-1`` every core. Worth it
+        for the paper-size model on an otherwise idle machine; see the user
+        guide's "Speed" section. Batch prediction and meta-training are not
+        affected.
     verbose : int, default=1
         Progress bar and per-epoch log during meta-training when > 0 (shown only
         when ``fit`` meta-trains, i.e. ``n_episodes > 0``).
@@ -248,6 +261,11 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         "pretrained": [str, os.PathLike, None],
         "seed": ["random_state"],
         "device": [str],
+        "n_jobs": [
+            Interval(numbers.Integral, None, -1, closed="right"),
+            Interval(numbers.Integral, 1, None, closed="left"),
+            None,
+        ],
         "verbose": ["verbose"],
     }
 
@@ -292,6 +310,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         pretrained: str | None = None,
         seed: int | None = None,
         device: str = "cpu",
+        n_jobs: int | None = None,
         verbose: int = 1,
     ) -> None:
         self.controller = controller
@@ -319,6 +338,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         self.pretrained = pretrained
         self.seed = seed
         self.device = device
+        self.n_jobs = n_jobs
         self.verbose = verbose
 
     # ------------------------------------------------------------------ tags
@@ -562,34 +582,54 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             fast.memo = memo
         return memo
 
+    def _stream_threads(self) -> int:
+        """``n_jobs`` as a number of threads (1 without numba)."""
+        n = self.n_jobs
+        if n is None or not _jit_step.AVAILABLE:
+            return 1
+        return n if n > 0 else max(1, (os.cpu_count() or 1) + 1 + n)
+
     def _predict_row_fast(self, row: np.ndarray) -> np.ndarray:
         """Logits of one row on the NumPy path; remembers the step for learn_one."""
         memo = self._stream_cache()
-        x = row.astype(self._numpy_.dtype)
+        self._numpy_.n_threads = self._stream_threads()
+        x = np.ascontiguousarray(row, dtype=self._numpy_.dtype)
         logits, step = self._numpy_.step_one(x, memo.base, memo.np_state)
-        self._numpy_.memo = memo._replace(pending=(x, step))
+        self._numpy_.memo = memo._replace(pending=(row, x, step))
         return logits
 
     def _write(self, X: np.ndarray, y) -> None:
         """Learn rows in order: step, commit, bind, remember the code."""
-        fast = self._numpy_
-        if fast is None:
+        if self._numpy_ is None:
             self._write_torch(X, y)
             return
-        X_ = np.asarray(X, dtype=fast.dtype)
-        for i in range(X_.shape[0]):
-            memo = self._stream_cache()
-            if memo.pending is not None and np.array_equal(memo.pending[0], X_[i]):
-                step = memo.pending[1]  # this row was just predicted: same step
+        self._numpy_.n_threads = self._stream_threads()
+        for i in range(X.shape[0]):
+            self._write_one(X[i], y[i])
+
+    def _write_one(self, row: np.ndarray, label) -> None:
+        """:meth:`_write` of one row on the NumPy path (threads already set)."""
+        fast = self._numpy_
+        memo = self._stream_cache()
+        pending = memo.pending
+        # The row just predicted (River's predict-then-learn): commit that step.
+        # The same object is the memoised row of the same dict values.
+        if pending is not None and pending[0] is row:
+            step = pending[2]
+        else:
+            x = np.ascontiguousarray(row, dtype=fast.dtype)
+            if pending is not None and np.array_equal(pending[1], x):
+                step = pending[2]
             else:
-                _, step = fast.step_one(X_[i], memo.base, memo.np_state)
-            new = fast.commit(step, memo.np_state)
-            self.prev_code_ = self._bind(y[i])
-            self.state_ = NumpyMANN.state_to_torch(new)
-            base = fast.prepare(new, self._label_vector(self.prev_code_))
-            fast.memo = _StreamMemo(
-                self.state_, self.prev_code_, memo.weights_version, new, base
-            )
+                _, step = fast.step_one(x, memo.base, memo.np_state)
+        self.prev_code_ = self._bind(label)
+        new, base = fast.commit_prepare(
+            step, memo.np_state, self._label_vector(self.prev_code_)
+        )
+        self.state_ = NumpyMANN.state_to_torch(new)
+        fast.memo = _StreamMemo(
+            self.state_, self.prev_code_, memo.weights_version, new, base
+        )
 
     @torch.no_grad()
     def _write_torch(self, X: np.ndarray, y) -> None:
@@ -649,14 +689,24 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
     def _proba_one_fast(self, row: np.ndarray) -> dict:
         """:meth:`predict_proba_one` on the NumPy path, from the codes' scores."""
         logits = self._predict_row_fast(row)
-        codes = np.fromiter(self.bindings_.values(), np.int64, len(self.bindings_))
-        scores = logits[self.scheme_.output_columns(codes)].sum(axis=1, dtype=float)
-        p = np.exp(scores - scores.max())
-        p /= p.sum()
+        codes = list(self.bindings_.values())
+        columns = self.scheme_.output_columns(np.array(codes))
+        if len(codes) <= _PYTHON_SOFTMAX_MAX:  # a few classes: Python's floats
+            values = logits.tolist()
+            scores = [math.fsum(values[j] for j in cols) for cols in columns.tolist()]
+            top = max(scores)
+            p = [math.exp(v - top) for v in scores]
+            total = math.fsum(p)
+            p = [v / total for v in p]
+        else:
+            scores = logits[columns].sum(axis=1, dtype=float)
+            p = np.exp(scores - scores.max())
+            p = (p / p.sum()).tolist()
         objects = self.class_objects_
         proba = dict.fromkeys(objects.values(), 0.0)  # every class, classes_ order
-        for code, p_code in zip(codes.tolist(), p.tolist()):
-            proba[objects[_key(self.codes_[code])]] = p_code
+        codes_ = self.codes_
+        for code, p_code in zip(codes, p):
+            proba[objects[_key(codes_[code])]] = p_code
         return proba
 
     def _proba_from_log_probs(self, logp: np.ndarray, labels: list) -> np.ndarray:
@@ -905,7 +955,11 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         else:
             row = self._dict_to_row(x)
         self._add_classes([y])
-        self._write(row[None, :], [y])
+        if self._numpy_ is not None:
+            self._numpy_.n_threads = self._stream_threads()
+            self._write_one(row, y)
+        else:
+            self._write_torch(row[None, :], [y])
 
     def predict_proba_one(self, x: dict) -> dict:
         """Probabilities of every class seen (River API); ``{}`` before any learning.

@@ -20,7 +20,7 @@ def tta(monkeypatch, tmp_path):
     sys.modules.pop("time_to_accuracy", None)
 
 
-def _run(second: float, minutes: float, note: str | None = None) -> dict:
+def _run(second, minutes, wall=None, note=None) -> dict:
     return {
         "config": {
             "model": "mann_add",
@@ -35,6 +35,7 @@ def _run(second: float, minutes: float, note: str | None = None) -> dict:
         },
         "episodes_trained": 1000,
         "train_minutes": minutes,
+        "wall_minutes": wall,
         "episodes_per_second": 300.0,
         "accuracy": [0.3, second] + [0.9] * 8,
         "curve": [],
@@ -42,13 +43,19 @@ def _run(second: float, minutes: float, note: str | None = None) -> dict:
 
 
 @pytest.mark.parametrize(
-    "second, minutes, verdict",
-    [(0.83, 14.0, "yes"), (0.827, 14.0, "no"), (0.90, 15.5, "no")],
+    "second, minutes, wall, verdict",
+    [
+        (0.83, 14.0, None, "yes"),
+        (0.827, 14.0, None, "no"),
+        (0.90, 15.5, None, "no"),
+        (0.90, 14.0, 14.9, "yes"),
+        (0.90, 14.0, 15.2, "no"),  # wall-clock time, where recorded, decides
+    ],
 )
-def test_time_to_accuracy_verdict(tta, tmp_path, second, minutes, verdict):
+def test_time_to_accuracy_verdict(tta, tmp_path, second, minutes, wall, verdict):
     payload = {
         "eval_episodes": 1000,
-        "runs": {"r": _run(second, minutes, note="a note")},
+        "runs": {"r": _run(second, minutes, wall, note="a note")},
         "paper": [36.4, 82.8, 91.0, 92.6, 94.9, 98.1],
         "command": "python time_to_accuracy.py report",
         "date": "today",
@@ -59,3 +66,18 @@ def test_time_to_accuracy_verdict(tta, tmp_path, second, minutes, verdict):
     row = next(line for line in text.splitlines() if line.startswith("| mann_add"))
     assert row.rstrip(" |").endswith(verdict)
     assert "--compile`" in text and "a note" in text
+
+
+def test_time_to_accuracy_keeps_runs_scored_elsewhere(tta, tmp_path, monkeypatch):
+    """A checkout without a run's checkpoint carries its committed scores over."""
+    import json
+
+    runs = tmp_path / "runs"
+    (runs / "here").mkdir(parents=True)
+    (runs / "here" / "params.pt").write_bytes(b"")
+    monkeypatch.setattr(tta, "RUNS", runs)
+    old = {"git_commit": "abc", "runs": {"gone": _run(0.8, 14.0), "here": _run(0.7, 9)}}
+    (tmp_path / "time_to_accuracy.json").write_text(json.dumps(old))
+    carried = tta._earlier_runs()
+    assert list(carried) == ["gone"]  # "here" is re-scored from its checkpoint
+    assert carried["gone"]["scored_at_commit"] == "abc"

@@ -24,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
 
 import sk_mann
-from sk_mann import MANNOneShotClassifier, evaluate_per_instance
+from sk_mann import MANNOneShotClassifier, _jit_step, evaluate_per_instance
 from sk_mann.pretrained import save_weights
 
 # Streaming new classes into a fitted 5-code model recycles codes by design; the
@@ -143,10 +143,19 @@ def test_compile_reaches_meta_train(data, monkeypatch):
     assert seen == [False, True]
 
 
-def test_numpy_stream_equals_torch_stream(data, fitted):
-    """The River loop on the NumPy fast path gives the torch path's answers."""
+@pytest.mark.parametrize(
+    "jit,n_jobs",
+    [(False, None), (True, None), (True, 2)],
+    ids=["numpy", "compiled", "compiled-2-threads"],
+)
+def test_numpy_stream_equals_torch_stream(data, fitted, jit, n_jobs):
+    """The River loop on the CPU fast paths gives the torch path's answers."""
+    if jit and not _jit_step.AVAILABLE:
+        pytest.skip("numba is not installed")
     _, _, Xn, yn = data
     fast, ref = copy.deepcopy(fitted), copy.deepcopy(fitted)
+    fast.set_params(n_jobs=n_jobs)
+    fast._numpy_.jit = jit
     ref._numpy_ = None  # the straightforward torch path, kept as the reference
     for i in range(30):
         x = as_dict(Xn[i])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from sk_mann import _jit_step
 from sk_mann._numpy_step import NumpyMANN
 from sk_mann.model import MANN
 
@@ -86,17 +87,37 @@ def test_numpy_views_follow_weight_updates():
     np.testing.assert_array_equal(fast.b_out, module.output.bias.detach().numpy())
 
 
-@pytest.mark.parametrize("controller,feedback,content,raw", OPTIONS)
-def test_single_row_step_equals_step(controller, feedback, content, raw):
-    """prepare + step_one + commit is the reference step, in values and state."""
-    module = _small(controller, feedback, content, raw)
+#: The single-row engines: NumPy calls, and the compiled kernels on 1 or 2 threads.
+ENGINES = [(False, 1)] + (
+    [(True, 1), (True, 2)]
+    if _jit_step.AVAILABLE
+    else [pytest.param(True, 1, marks=pytest.mark.skip(reason="numba not installed"))]
+)
+
+
+def _engine(module, jit, n_threads):
     fast = NumpyMANN(module)
+    fast.jit, fast.n_threads = jit, n_threads
+    return fast
+
+
+@pytest.mark.parametrize("jit,n_threads", ENGINES)
+@pytest.mark.parametrize("controller,feedback,content,raw", OPTIONS)
+def test_single_row_step_equals_step(
+    controller, feedback, content, raw, jit, n_threads
+):
+    """prepare + step_one + commit_prepare is the reference step, values and state."""
+    module = _small(controller, feedback, content, raw)
+    fast = _engine(module, jit, n_threads)
     ref = one = NumpyMANN.state_to_numpy(module.initial_state(1))
-    for inputs in _stream(module, 20):
-        x, label = inputs.numpy()[0, :12], inputs.numpy()[0, 12:]
-        logits_ref, ref = fast.step(inputs.numpy(), ref)
-        logits, pending = fast.step_one(x, fast.prepare(one, label), one)
-        one = fast.commit(pending, one)
+    stream = _stream(module, 21).numpy()[:, 0]
+    base = fast.prepare(one, stream[0, 12:])
+    for inputs, following in zip(stream[:-1], stream[1:]):
+        logits_ref, ref = fast.step(inputs[None], ref)
+        logits, pending = fast.step_one(inputs[:12], base, one)
+        # The commit also gives the next step's gate terms (its label is known).
+        one, base = fast.commit_prepare(pending, one, following[12:])
+        np.testing.assert_allclose(base, fast.prepare(one, following[12:]), rtol=1e-9)
         np.testing.assert_allclose(logits, logits_ref[0], rtol=1e-9, atol=1e-10)
         for a, b in zip([*one[:3], *one.memory], [*ref[:3], *ref.memory], strict=True):
             assert a.shape == b.shape
@@ -135,3 +156,25 @@ def test_factored_predict_equals_step(controller, feedback, content, raw):
     np.testing.assert_allclose(
         fast.predict_logits(rows[:, :12], state, base), expected, rtol=1e-9, atol=1e-10
     )
+
+
+@pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("controller", ["lstm", "ff"])
+def test_compiled_step_does_not_depend_on_the_thread_split(controller):
+    """Any number of threads gives the same bits (a row's sum never changes)."""
+    module = _small(controller, True, "add", True).float()  # 16 units: uneven splits
+    stream = _stream(module, 8).numpy()[:, 0].astype(np.float32)
+    results = []
+    for n_threads in (1, 2, 3):
+        fast = _engine(module, True, n_threads)
+        state = NumpyMANN.state_to_numpy(module.initial_state(1))
+        base = fast.prepare(state, stream[0, 12:])
+        out = []
+        for inputs, following in zip(stream[:-1], stream[1:]):
+            logits, pending = fast.step_one(inputs[:12], base, state)
+            state, base = fast.commit_prepare(pending, state, following[12:])
+            out += [logits, base, *state[:3], *state.memory]
+        results.append(out)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)

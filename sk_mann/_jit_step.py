@@ -1,0 +1,271 @@
+"""Compiled (numba) kernels of the single-row streaming step.
+
+:class:`sk_mann._numpy_step.NumpyMANN` streams one sample with ~45 NumPy calls,
+each with a fixed cost of 1-2 us, and reads 2.6 MB of weights per sample, more
+than one core's L2 cache holds. These kernels do the same step in three calls
+(``gates``, ``read_and_output``, ``commit_prepare``), and can split the two
+large products (the controller's input and recurrent matrices) over threads by
+controller unit: each thread always reads the same rows, so each core keeps its
+share of the weights in its own cache.
+
+numba is optional (``pip install sk_mann[fast]``). Without it, or with
+``SK_MANN_JIT=0`` in the environment, :data:`AVAILABLE` is False and streaming
+uses the NumPy step. The NumPy step remains the reference: tests check that
+both agree.
+
+The weights are read in torch's layout (one row per output unit) from NumPy
+views of the parameters, so in-place weight updates are seen.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["AVAILABLE", "commit_prepare", "gates", "prepare", "read_and_output"]
+
+try:  # pragma: no branch - which branch runs depends on the environment
+    if os.environ.get("SK_MANN_JIT", "1") == "0":
+        raise ImportError("disabled by SK_MANN_JIT=0")
+    from numba import njit, prange
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - exercised where numba is absent
+    AVAILABLE = False
+
+_EPS = 1e-8  # same guard as sk_mann.memory._EPS
+# Reassociation lets the dot products use SIMD; no finite-math assumptions.
+_FLAGS = {"reassoc", "contract", "nsz", "arcp"}
+
+if AVAILABLE:
+    # Loops index 1-D row views with a range variable, so that LLVM can prove
+    # the indices non-negative and vectorise; products take four weight rows at
+    # once (one load of the vector serves four rows), as BLAS's gemv does.
+
+    @njit(cache=True, fastmath=_FLAGS, nogil=True)
+    def _dot(a, b):  # pragma: no cover - compiled
+        """``a . b`` of two 1-D arrays of the same length."""
+        s = a.dtype.type(0.0)
+        for k in range(b.shape[0]):
+            s += a[k] * b[k]
+        return s
+
+    @njit(cache=True, fastmath=_FLAGS, nogil=True)
+    def _dot4(w, r0, r1, r2, r3, start, v):  # pragma: no cover - compiled
+        """``w[r, start:start + len(v)] . v`` for the four rows ``r0..r3``."""
+        n = v.shape[0]
+        w0 = w[r0, start : start + n]
+        w1 = w[r1, start : start + n]
+        w2 = w[r2, start : start + n]
+        w3 = w[r3, start : start + n]
+        s0 = s1 = s2 = s3 = w.dtype.type(0.0)
+        for k in range(n):
+            vk = v[k]
+            s0 += w0[k] * vk
+            s1 += w1[k] * vk
+            s2 += w2[k] * vk
+            s3 += w3[k] * vk
+        return s0, s1, s2, s3
+
+    @njit(cache=True, fastmath=_FLAGS, nogil=True)
+    def _gemv(w, start, v, lo, hi, out):  # pragma: no cover - compiled
+        """``out[j] += w[j, start:start + len(v)] . v`` for rows ``lo:hi``."""
+        j = lo
+        while j + 4 <= hi:
+            s0, s1, s2, s3 = _dot4(w, j, j + 1, j + 2, j + 3, start, v)
+            out[j] += s0
+            out[j + 1] += s1
+            out[j + 2] += s2
+            out[j + 3] += s3
+            j += 4
+        while j < hi:  # the same reduction as in a block of four: a row's sum
+            s0, _, _, _ = _dot4(w, j, j, j, j, start, v)  # ignores the split
+            out[j] += s0
+            j += 1
+
+    @njit(cache=True, fastmath=_FLAGS, nogil=True)
+    def _units(lo, hi, w_in, x, base, c_prev, lstm, h, c):  # pragma: no cover
+        """Controller units ``lo:hi``: their gate rows, then ``h`` and ``c``."""
+        H = h.shape[0]
+        if not lstm:  # one gate row per unit
+            h[lo:hi] = base[lo:hi]
+            _gemv(w_in, 0, x, lo, hi, h)
+            for u in range(lo, hi):
+                h[u] = np.tanh(h[u])
+                c[u] = c_prev[u]
+            return
+        one = base.dtype.type(1.0)  # keeps float32 math in float32
+        for u in range(lo, hi):
+            i, f, g, o = _dot4(w_in, u, H + u, 2 * H + u, 3 * H + u, 0, x)
+            i = one / (one + np.exp(-(i + base[u])))
+            f = one / (one + np.exp(-(f + base[H + u])))
+            g = np.tanh(g + base[2 * H + u])
+            o = one / (one + np.exp(-(o + base[3 * H + u])))
+            c[u] = f * c_prev[u] + i * g
+            h[u] = o * np.tanh(c[u])
+
+    @njit(cache=True, fastmath=_FLAGS, nogil=True, parallel=True)
+    def gates(w_in, x, base, c_prev, lstm, n_threads):  # pragma: no cover
+        """``(h, c)`` of the controller, from ``base`` (see ``NumpyMANN.prepare``).
+
+        Parameters
+        ----------
+        w_in : (G, n_inputs + n_labels) input projection (torch layout)
+        x : (n_inputs,) features
+        base : (G,) the gate terms that do not depend on ``x``
+        c_prev : (H,) previous cell state (carried unchanged by an RNN)
+        lstm : bool
+        n_threads : int
+            Split of the units over threads (1: no threading).
+        """
+        H = c_prev.shape[0]
+        h = np.empty(H, base.dtype)
+        c = np.empty(H, base.dtype)
+        if n_threads <= 1:
+            _units(0, H, w_in, x, base, c_prev, lstm, h, c)
+        else:
+            for t in prange(n_threads):
+                lo, hi = t * H // n_threads, (t + 1) * H // n_threads
+                _units(lo, hi, w_in, x, base, c_prev, lstm, h, c)
+        return h, c
+
+    @njit(cache=True, fastmath=_FLAGS, nogil=True)
+    def read_and_output(  # pragma: no cover - compiled
+        h,
+        w_head,
+        b_head,
+        memory,
+        usage,
+        read_w_prev,
+        least_used,
+        w_out,
+        b_out,
+        add_content,
+        read_after_write,
+    ):
+        """Heads, LRUA write (eq. 7), content read and logits of one row.
+
+        Returns
+        -------
+        logits : (n_outputs,)
+        reads : (R * W,)
+        new_memory : (N, W), ``M_t``
+        read_w : (R, N)
+        write_w : (R, N)
+        """
+        R, N = read_w_prev.shape
+        W = memory.shape[1]
+        H = h.shape[0]
+        head = b_head.copy()
+        _gemv(w_head, 0, h, 0, head.shape[0], head)
+        keys = np.tanh(head[: R * W]).reshape(R, W)
+        one = memory.dtype.type(1.0)
+        gate = one / (one + np.exp(-head[R * W : R * W + R]))
+        if add_content:
+            content = np.tanh(head[R * W + R :]).reshape(R, W)
+        else:
+            content = keys
+        write_w = np.empty((R, N), memory.dtype)
+        for r in range(R):
+            g = gate[r]
+            prev, out = read_w_prev[r], write_w[r]
+            for i in range(N):
+                out[i] = g * (prev[i] - least_used[i]) + least_used[i]
+        new_memory = memory.copy()
+        new_memory[np.argmin(usage)] = 0.0
+        for i in range(N):
+            row = new_memory[i]
+            for r in range(R):
+                wr = write_w[r, i]
+                cr = content[r]
+                for k in range(W):
+                    row[k] += wr * cr[k]
+        source = new_memory if read_after_write else memory
+        eps = memory.dtype.type(_EPS)  # a float64 constant would promote
+        key_norm = np.empty(R, memory.dtype)
+        for r in range(R):
+            key_norm[r] = np.sqrt(_dot(keys[r], keys[r]))
+        read_w = np.empty((R, N), memory.dtype)
+        for i in range(N):
+            src = source[i]
+            norm_i = np.sqrt(_dot(src, src))
+            for r in range(R):
+                # Cosines lie in [-1, 1]: no max to subtract before exp.
+                read_w[r, i] = np.exp(_dot(keys[r], src) / (key_norm[r] * norm_i + eps))
+        reads = np.zeros(R * W, memory.dtype)
+        for r in range(R):
+            weights = read_w[r]
+            weights /= weights.sum()
+            out = reads[r * W : (r + 1) * W]
+            for i in range(N):
+                p = weights[i]
+                src = source[i]
+                for k in range(W):
+                    out[k] += p * src[k]
+        logits = b_out.copy()
+        _gemv(w_out, 0, h, 0, logits.shape[0], logits)
+        _gemv(w_out, H, reads, 0, logits.shape[0], logits)
+        return logits, reads, new_memory, read_w, write_w
+
+    @njit(cache=True, fastmath=_FLAGS, nogil=True)
+    def _base_rows(lo, hi, H, n_gates, w_in, b_in, n_x, label, w_rec, rec, base):
+        """Gate rows of units ``lo:hi``: ``b + W_label y + W_rec rec``."""
+        for g in range(n_gates):  # pragma: no cover - compiled
+            base[g * H + lo : g * H + hi] = b_in[g * H + lo : g * H + hi]
+            _gemv(w_in, n_x, label, g * H + lo, g * H + hi, base)
+            if rec.shape[0] > 0:
+                _gemv(w_rec, 0, rec, g * H + lo, g * H + hi, base)
+
+    @njit(cache=True, fastmath=_FLAGS, nogil=True, parallel=True)
+    def prepare(w_in, b_in, n_x, label, w_rec, rec, H, n_threads):  # pragma: no cover
+        """Gate terms of the next step that do not depend on its input.
+
+        ``b + W_label y + W_rec rec``, with ``rec = [h; reads]`` as the
+        recurrent projection reads it (empty when the network has none; ``w_rec``
+        is then any 2-D array of the weights' dtype).
+        """
+        G = b_in.shape[0]
+        n_gates = G // H
+        base = np.empty(G, b_in.dtype)
+        if n_threads <= 1:
+            _base_rows(0, H, H, n_gates, w_in, b_in, n_x, label, w_rec, rec, base)
+        else:
+            for t in prange(n_threads):
+                lo, hi = t * H // n_threads, (t + 1) * H // n_threads
+                _base_rows(lo, hi, H, n_gates, w_in, b_in, n_x, label, w_rec, rec, base)
+        return base
+
+    @njit(cache=True, fastmath=_FLAGS, nogil=True)
+    def commit_prepare(  # pragma: no cover - compiled
+        usage_prev,
+        read_w,
+        write_w,
+        gamma,
+        n_reads,
+        w_in,
+        b_in,
+        n_x,
+        label,
+        w_rec,
+        rec,
+        H,
+        n_threads,
+    ):
+        """Usage and least-used mask of the committed step, and the next base.
+
+        See :func:`prepare` for ``rec`` and ``w_rec``.
+
+        Returns
+        -------
+        usage : (N,)
+        least_used : (N,)
+        base : (G,)
+        """
+        usage = gamma * usage_prev
+        for r in range(read_w.shape[0]):
+            usage += read_w[r] + write_w[r]
+        least_used = np.zeros_like(usage)
+        least_used[np.argsort(usage, kind="mergesort")[:n_reads]] = 1.0
+        base = prepare(w_in, b_in, n_x, label, w_rec, rec, H, n_threads)
+        return usage, least_used, base
