@@ -326,14 +326,16 @@ def streaming(n: int) -> dict:
     )
     for k, v in res.items():
         print(f"stream {k}: median {v['median_us']:.0f} us, p99 {v['p99_us']:.0f} us")
-    # Batch predict throughput from the same committed state.
+    # Batch predict throughput from the same committed state, 1 and 2 threads.
     rows = np.asarray(X[:20000])
-    mann.predict(rows[:512])
-    t0 = time.perf_counter()
-    mann.predict(rows)
-    dt = time.perf_counter() - t0
-    res["batch_predict_rows_per_s"] = len(rows) / dt
-    print(f"batch predict: {len(rows) / dt:.0f} rows/s")
+    for n_jobs, key in ((None, ""), (2, "_n_jobs_2")):
+        mann.set_params(n_jobs=n_jobs)
+        mann.predict(rows[:2048])
+        t0 = time.perf_counter()
+        mann.predict(rows)
+        dt = time.perf_counter() - t0
+        res["batch_predict_rows_per_s" + key] = len(rows) / dt
+        print(f"batch predict, n_jobs={n_jobs}: {len(rows) / dt:.0f} rows/s")
     return res
 
 
@@ -465,7 +467,13 @@ def write_markdown(p: dict) -> None:
         lines.append(f"| {k} | {val} |")
     lines += [
         "",
-        f"Batch `predict`: {p['streaming']['batch_predict_rows_per_s']:.0f} rows/s.",
+        f"Batch `predict`: {p['streaming']['batch_predict_rows_per_s']:.0f} rows/s"
+        + (
+            f"; with `n_jobs=2` (chunks of rows on two threads): "
+            f"{p['streaming']['batch_predict_rows_per_s_n_jobs_2']:.0f} rows/s."
+            if "batch_predict_rows_per_s_n_jobs_2" in p["streaming"]
+            else "."
+        ),
         "",
         "Weight traffic of one streamed sample (the floor of predict_one + "
         f"learn_one): {wt['weight_bytes'] / 1e6:.2f} MB of controller and head "

@@ -11,6 +11,7 @@ import os
 import sys
 import warnings
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -20,8 +21,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
 
-from . import _jit_step
 from . import pretrained as _pretrained
 from ._numpy_step import NumpyMANN
 from .episodes import EpisodeSampler
@@ -167,14 +168,15 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
     device : str, default="cpu"
         Torch device, e.g. ``"cpu"`` or ``"cuda"``.
     n_jobs : int or None, default=None
-        Threads of the step of one streamed sample (``learn_one``,
-        ``predict_one``, ``partial_fit``) on the CPU when numba is installed
-        (``pip install sk_mann[fast]``): the controller's two large products
-        are split by unit over the threads, so each core keeps its share of the
-        weights in its own cache. ``None`` means 1, ``-1`` every core. Worth it
-        for the paper-size model on an otherwise idle machine; see the user
-        guide's "Speed" section. Batch prediction and meta-training are not
-        affected.
+        Threads of prediction and streaming on the CPU. ``predict`` and
+        ``predict_proba`` score chunks of rows in parallel. With numba
+        installed (``pip install sk_mann[fast]``), the step of one streamed
+        sample (``learn_one``, ``predict_one``, ``partial_fit``) splits the
+        controller's two large products by unit over the threads, so each core
+        reads only its share of the weights. ``None`` means 1, ``-1`` every
+        core. Worth it on an otherwise idle machine; see the user guide's
+        "Speed" section. Results do not depend on it. Meta-training is not
+        affected (see ``torch.set_num_threads``).
     verbose : int, default=1
         Progress bar and per-epoch log during meta-training when > 0 (shown only
         when ``fit`` meta-trains, i.e. ``n_episodes > 0``).
@@ -583,9 +585,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         return memo
 
     def _stream_threads(self) -> int:
-        """``n_jobs`` as a number of threads (1 without numba)."""
+        """``n_jobs`` as a number of threads."""
         n = self.n_jobs
-        if n is None or not _jit_step.AVAILABLE:
+        if n is None:
             return 1
         return n if n > 0 else max(1, (os.cpu_count() or 1) + 1 + n)
 
@@ -655,7 +657,8 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             memo = self._stream_cache()
             np_state, base = memo.np_state, memo.base
             columns = self.scheme_.output_columns(codes)
-            for start in range(0, X.shape[0], _PREDICT_CHUNK):
+
+            def score(start: int) -> None:
                 rows = np.asarray(X[start : start + _PREDICT_CHUNK], self._numpy_.dtype)
                 logits = self._numpy_.predict_logits(rows, np_state, base)
                 # Scores: log-probabilities up to a per-row constant, which the
@@ -663,6 +666,15 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                 out[start : start + rows.shape[0]] = logits[:, columns].sum(
                     axis=2, dtype=float
                 )
+
+            starts = range(0, X.shape[0], _PREDICT_CHUNK)
+            n_threads = min(self._stream_threads(), len(starts))
+            if n_threads > 1:  # chunks in parallel, one BLAS thread each
+                with threadpool_limits(1), ThreadPoolExecutor(n_threads) as pool:
+                    list(pool.map(score, starts))
+            else:
+                for start in starts:
+                    score(start)
             return out, labels
         for start in range(0, X.shape[0], _PREDICT_CHUNK):
             rows = np.asarray(X[start : start + _PREDICT_CHUNK], dtype=np.float32)
@@ -740,7 +752,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                 # the same values (a C-level tuple comparison) and reuses the row.
                 if fast is not None and fast.row_memo[0] == values:
                     return fast.row_memo[1]
-                row = np.array(values, dtype=np.float64)
+                # Straight to the network's dtype where it streams (rounded
+                # once, as through float64; and a faster conversion).
+                row = np.array(values, dtype=np.float64 if fast is None else fast.dtype)
                 if np.isfinite(row).all():
                     row.flags.writeable = False
                     if fast is not None:

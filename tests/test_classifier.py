@@ -1191,3 +1191,19 @@ def test_episodic_scorer_accepts_a_pipeline(data):
     pipe = make_pipeline(StandardScaler(), make(n_episodes=8)).fit(X, y)
     direct = episodic_scorer(2, n_episodes=10)(pipe[-1], pipe[:-1].transform(Xn), yn)
     assert episodic_scorer(2, n_episodes=10)(pipe, Xn, yn) == direct
+
+
+def test_n_jobs_changes_no_prediction(data, fitted, monkeypatch):
+    """Chunks scored in parallel and a split streaming step give the same bits."""
+    import sk_mann.classifier as classifier_module
+
+    monkeypatch.setattr(classifier_module, "_PREDICT_CHUNK", 7)  # several chunks
+    _, _, Xn, yn = data
+    one, two = copy.deepcopy(fitted), copy.deepcopy(fitted).set_params(n_jobs=2)
+    for i in range(10):
+        x = as_dict(Xn[i])
+        assert one.predict_proba_one(x) == two.predict_proba_one(x)
+        one.learn_one(x, yn[i])
+        two.learn_one(x, yn[i])
+    np.testing.assert_array_equal(one.predict_proba(Xn), two.predict_proba(Xn))
+    assert len(Xn) > 2 * 7
