@@ -210,6 +210,19 @@ def write_markdown(payload: dict) -> None:
             f"| {' / '.join(f'{acc[i]:.1f}' for i in cols)} "
             f"| {'yes' if met else 'no'} |"
         )
+    carried = sorted(
+        {
+            r["scored_at_commit"]
+            for r in payload["runs"].values()
+            if r.get("scored_at_commit")
+        }
+    )
+    if carried:
+        lines += [
+            "",
+            "Runs trained in earlier sessions are carried over as scored then "
+            f"(commit {', '.join(carried)}): checkpoints are not committed.",
+        ]
     lines += ["", "Commands of the runs:", ""]
     for r in payload["runs"].values():
         c = r["config"]
