@@ -5,8 +5,10 @@ each with a fixed cost of 1-2 us, and reads 2.6 MB of weights per sample, more
 than one core's L2 cache holds. These kernels do the same step in three calls
 (``gates``, ``read_and_output``, ``commit_prepare``), and can split the two
 large products (the controller's input and recurrent matrices) over threads by
-controller unit: each thread always reads the same rows, so each core keeps its
-share of the weights in its own cache.
+controller unit: each thread always reads the same rows, so each core reads
+only its share of the weights (and keeps it cached where its cache allows).
+On the project's 2-core machine this is what pays: a sample's step is bound by
+reading the weights, not by arithmetic (``benchmarks/results/speed_notes.md``).
 
 numba is optional (``pip install sk_mann[fast]``). Without it, or with
 ``SK_MANN_JIT=0`` in the environment, :data:`AVAILABLE` is False and streaming
