@@ -1207,3 +1207,21 @@ def test_n_jobs_changes_no_prediction(data, fitted, monkeypatch):
         two.learn_one(x, yn[i])
     np.testing.assert_array_equal(one.predict_proba(Xn), two.predict_proba(Xn))
     assert len(Xn) > 2 * 7
+
+
+def test_string_label_stream_equals_torch_stream(data):
+    """Probabilities from 5-digit label codes: fast path == torch path."""
+    _, _, Xn, _ = data
+    fast = make(labels="string", seed=0)
+    for i in range(3):  # classes "c0".."c2" bound before the comparison
+        fast.learn_one(as_dict(Xn[i]), f"c{i}")
+    ref = copy.deepcopy(fast)
+    ref._numpy_ = None
+    for i in range(3, 15):
+        x = as_dict(Xn[i])
+        p_fast, p_ref = fast.predict_proba_one(x), ref.predict_proba_one(x)
+        assert list(p_fast) == list(p_ref)
+        for k in p_ref:
+            assert p_fast[k] == pytest.approx(p_ref[k], abs=1e-5)
+        fast.learn_one(x, f"c{i % 7}")
+        ref.learn_one(x, f"c{i % 7}")
