@@ -335,18 +335,13 @@ class NumpyMANN:
         state : MANNState of NumPy arrays, batch 1
         label : ndarray of shape (1, n_label_inputs) or (n_label_inputs,)
         """
-        m = self.m
         if self.jit:  # the same kernel as commit_prepare: the same rounding
             return _jit_step.prepare(
                 *self._prepare_args(state.h[0], state.reads[0], label)
             )
         base = self.b_in + np.ravel(label) @ self.w_label_t
         if self.w_rec_t is not None:
-            parts = ([state.h[0]] if m.controller == "lstm" else []) + (
-                [state.reads[0]] if m.read_feedback else []
-            )
-            rec = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            base += rec @ self.w_rec_t
+            base += self._rec_input(state.h[0], state.reads[0]) @ self.w_rec_t
         return base
 
     def step_one(
@@ -461,6 +456,14 @@ class NumpyMANN:
         )
         return _committed(pending, usage, least_used), base
 
+    def _rec_input(self, h: np.ndarray, reads: np.ndarray) -> np.ndarray:
+        """``[h; reads]`` of one row as the recurrent projection reads it."""
+        m = self.m
+        parts = ([h] if m.controller == "lstm" else []) + (
+            [reads] if m.read_feedback else []
+        )
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def _prepare_args(
         self, h: np.ndarray, reads: np.ndarray, label: np.ndarray
     ) -> tuple:
@@ -469,11 +472,7 @@ class NumpyMANN:
         if self.w_rec is None:
             rec, w_rec = self.b_in[:0], self.w_in
         else:
-            parts = ([h] if m.controller == "lstm" else []) + (
-                [reads] if m.read_feedback else []
-            )
-            rec = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            w_rec = self.w_rec
+            rec, w_rec = self._rec_input(h, reads), self.w_rec
         return (
             self.w_in,
             self.b_in,

@@ -571,6 +571,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         estimator as it was, and pickles and copies rebuild it.
         """
         fast = self._numpy_
+        fast.n_threads = self._stream_threads()  # n_jobs may have been reset
         memo, version = fast.memo, fast.weights_version()
         if (
             memo is None
@@ -594,7 +595,6 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
     def _predict_row_fast(self, row: np.ndarray) -> np.ndarray:
         """Logits of one row on the NumPy path; remembers the step for learn_one."""
         memo = self._stream_cache()
-        self._numpy_.n_threads = self._stream_threads()
         x = np.ascontiguousarray(row, dtype=self._numpy_.dtype)
         logits, step = self._numpy_.step_one(x, memo.base, memo.np_state)
         self._numpy_.memo = memo._replace(pending=(row, x, step))
@@ -605,12 +605,11 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         if self._numpy_ is None:
             self._write_torch(X, y)
             return
-        self._numpy_.n_threads = self._stream_threads()
         for i in range(X.shape[0]):
             self._write_one(X[i], y[i])
 
     def _write_one(self, row: np.ndarray, label) -> None:
-        """:meth:`_write` of one row on the NumPy path (threads already set)."""
+        """:meth:`_write` of one row on the NumPy path."""
         fast = self._numpy_
         memo = self._stream_cache()
         pending = memo.pending
@@ -970,7 +969,6 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             row = self._dict_to_row(x)
         self._add_classes([y])
         if self._numpy_ is not None:
-            self._numpy_.n_threads = self._stream_threads()
             self._write_one(row, y)
         else:
             self._write_torch(row[None, :], [y])
