@@ -2,8 +2,8 @@
 
 :class:`sk_mann._numpy_step.NumpyMANN` streams one sample with ~45 NumPy calls,
 each with a fixed cost of 1-2 us, and reads 2.6 MB of weights per sample, more
-than one core's L2 cache holds. These kernels do the same step in three calls
-(``gates``, ``read_and_output``, ``commit_prepare``), and can split the two
+than one core's L2 cache holds. These kernels do the same step in two calls
+(``step`` to predict, ``commit_prepare`` to learn), and can split the two
 large products (the controller's input and recurrent matrices) over threads by
 controller unit: each thread always reads the same rows, so each core reads
 only its share of the weights (and keeps it cached where its cache allows).
@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-__all__ = ["AVAILABLE", "commit_prepare", "gates", "prepare", "read_and_output"]
+__all__ = ["AVAILABLE", "commit_prepare", "prepare", "step"]
 
 try:  # pragma: no branch - which branch runs depends on the environment
     if os.environ.get("SK_MANN_JIT", "1") == "0":
@@ -87,54 +87,46 @@ if AVAILABLE:
             j += 1
 
     @njit(cache=True, fastmath=_FLAGS, nogil=True)
+    def _tanh(x, one):  # pragma: no cover - compiled
+        """``tanh(x)`` from one ``exp`` (``one``: 1 in the dtype of ``x``).
+
+        ``(1 - e) / (1 + e)`` with ``e = exp(-2|x|)``, about 2.5x faster than
+        libm's tanh here; its relative error stays within ~1e-5 (float32) and
+        ~1e-13 (float64), far below what separates two predictions.
+        """
+        e = np.exp(-(abs(x) + abs(x)))
+        t = (one - e) / (one + e)
+        return t if x >= 0 else -t
+
+    @njit(cache=True, fastmath=_FLAGS, nogil=True)
     def _units(lo, hi, w_in, x, base, c_prev, lstm, h, c):  # pragma: no cover
         """Controller units ``lo:hi``: their gate rows, then ``h`` and ``c``."""
         H = h.shape[0]
+        one = base.dtype.type(1.0)  # keeps float32 math in float32
         if not lstm:  # one gate row per unit
             h[lo:hi] = base[lo:hi]
             _gemv(w_in, 0, x, lo, hi, h)
             for u in range(lo, hi):
-                h[u] = np.tanh(h[u])
+                h[u] = _tanh(h[u], one)
                 c[u] = c_prev[u]
             return
-        one = base.dtype.type(1.0)  # keeps float32 math in float32
         for u in range(lo, hi):
             i, f, g, o = _dot4(w_in, u, H + u, 2 * H + u, 3 * H + u, 0, x)
             i = one / (one + np.exp(-(i + base[u])))
             f = one / (one + np.exp(-(f + base[H + u])))
-            g = np.tanh(g + base[2 * H + u])
+            g = _tanh(g + base[2 * H + u], one)
             o = one / (one + np.exp(-(o + base[3 * H + u])))
             c[u] = f * c_prev[u] + i * g
-            h[u] = o * np.tanh(c[u])
+            h[u] = o * _tanh(c[u], one)
 
     @njit(cache=True, fastmath=_FLAGS, nogil=True, parallel=True)
-    def gates(w_in, x, base, c_prev, lstm, n_threads):  # pragma: no cover
-        """``(h, c)`` of the controller, from ``base`` (see ``NumpyMANN.prepare``).
-
-        Parameters
-        ----------
-        w_in : (G, n_inputs + n_labels) input projection (torch layout)
-        x : (n_inputs,) features
-        base : (G,) the gate terms that do not depend on ``x``
-        c_prev : (H,) previous cell state (carried unchanged by an RNN)
-        lstm : bool
-        n_threads : int
-            Split of the units over threads (1: no threading).
-        """
-        H = c_prev.shape[0]
-        h = np.empty(H, base.dtype)
-        c = np.empty(H, base.dtype)
-        if n_threads <= 1:
-            _units(0, H, w_in, x, base, c_prev, lstm, h, c)
-        else:
-            for t in prange(n_threads):
-                lo, hi = t * H // n_threads, (t + 1) * H // n_threads
-                _units(lo, hi, w_in, x, base, c_prev, lstm, h, c)
-        return h, c
-
-    @njit(cache=True, fastmath=_FLAGS, nogil=True)
-    def read_and_output(  # pragma: no cover - compiled
-        h,
+    def step(  # pragma: no cover - compiled
+        w_in,
+        x,
+        base,
+        c_prev,
+        lstm,
+        n_threads,
         w_head,
         b_head,
         memory,
@@ -146,12 +138,80 @@ if AVAILABLE:
         add_content,
         read_after_write,
     ):
-        """Heads, LRUA write (eq. 7), content read and logits of one row.
+        """One step of one row, from ``base`` (see ``NumpyMANN.prepare``).
+
+        The controller (its units split over ``n_threads`` threads), then
+        :func:`_read_and_output`, in one call.
+
+        Parameters
+        ----------
+        w_in : (G, n_inputs + n_labels) input projection (torch layout)
+        x : (n_inputs,) features
+        base : (G,) the gate terms that do not depend on ``x``
+        c_prev : (H,) previous cell state (carried unchanged by an RNN)
+        lstm : bool
+        n_threads : int
+            Split of the units over threads (1: no threading).
+        w_head, b_head, w_out, b_out : the head and output layers
+        memory, usage, read_w_prev, least_used : the memory state (batch 1)
+        add_content, read_after_write : bool, the architecture options
 
         Returns
         -------
         logits : (n_outputs,)
-        reads : (R * W,)
+        hr : (H + R * W,), ``[h_t; r_t]`` (one buffer: the next step's
+            recurrent input)
+        c : (H,)
+        new_memory : (N, W), ``M_t``
+        read_w : (R, N)
+        write_w : (R, N)
+        """
+        H = c_prev.shape[0]
+        hr = np.empty(H + read_w_prev.shape[0] * memory.shape[1], base.dtype)
+        h = hr[:H]
+        c = np.empty(H, base.dtype)
+        if n_threads <= 1:
+            _units(0, H, w_in, x, base, c_prev, lstm, h, c)
+        else:
+            for t in prange(n_threads):
+                lo, hi = t * H // n_threads, (t + 1) * H // n_threads
+                _units(lo, hi, w_in, x, base, c_prev, lstm, h, c)
+        logits, new_memory, read_w, write_w = _read_and_output(
+            h,
+            hr[H:],
+            w_head,
+            b_head,
+            memory,
+            usage,
+            read_w_prev,
+            least_used,
+            w_out,
+            b_out,
+            add_content,
+            read_after_write,
+        )
+        return logits, hr, c, new_memory, read_w, write_w
+
+    @njit(cache=True, fastmath=_FLAGS, nogil=True)
+    def _read_and_output(  # pragma: no cover - compiled
+        h,
+        reads,
+        w_head,
+        b_head,
+        memory,
+        usage,
+        read_w_prev,
+        least_used,
+        w_out,
+        b_out,
+        add_content,
+        read_after_write,
+    ):
+        """Heads, LRUA write (eq. 7), content read (into ``reads``) and logits.
+
+        Returns
+        -------
+        logits : (n_outputs,)
         new_memory : (N, W), ``M_t``
         read_w : (R, N)
         write_w : (R, N)
@@ -159,18 +219,21 @@ if AVAILABLE:
         R, N = read_w_prev.shape
         W = memory.shape[1]
         H = h.shape[0]
+        one = memory.dtype.type(1.0)
         head = b_head.copy()
         _gemv(w_head, 0, h, 0, head.shape[0], head)
-        keys = np.tanh(head[: R * W]).reshape(R, W)
-        one = memory.dtype.type(1.0)
-        gate = one / (one + np.exp(-head[R * W : R * W + R]))
-        if add_content:
-            content = np.tanh(head[R * W + R :]).reshape(R, W)
-        else:
-            content = keys
+        keys = np.empty((R, W), memory.dtype)
+        content = np.empty((R, W), memory.dtype)
+        for r in range(R):
+            for k in range(W):
+                keys[r, k] = _tanh(head[r * W + k], one)
+                if add_content:
+                    content[r, k] = _tanh(head[R * W + R + r * W + k], one)
+                else:
+                    content[r, k] = keys[r, k]
         write_w = np.empty((R, N), memory.dtype)
         for r in range(R):
-            g = gate[r]
+            g = one / (one + np.exp(-head[R * W + r]))
             prev, out = read_w_prev[r], write_w[r]
             for i in range(N):
                 out[i] = g * (prev[i] - least_used[i]) + least_used[i]
@@ -195,7 +258,7 @@ if AVAILABLE:
             for r in range(R):
                 # Cosines lie in [-1, 1]: no max to subtract before exp.
                 read_w[r, i] = np.exp(_dot(keys[r], src) / (key_norm[r] * norm_i + eps))
-        reads = np.zeros(R * W, memory.dtype)
+        reads[:] = 0.0
         for r in range(R):
             weights = read_w[r]
             weights /= weights.sum()
@@ -208,7 +271,7 @@ if AVAILABLE:
         logits = b_out.copy()
         _gemv(w_out, 0, h, 0, logits.shape[0], logits)
         _gemv(w_out, H, reads, 0, logits.shape[0], logits)
-        return logits, reads, new_memory, read_w, write_w
+        return logits, new_memory, read_w, write_w
 
     @njit(cache=True, fastmath=_FLAGS, nogil=True)
     def _base_rows(lo, hi, H, n_gates, w_in, b_in, n_x, label, w_rec, rec, base):

@@ -43,6 +43,7 @@ class PendingStep(NamedTuple):
     memory: np.ndarray  # (N, W), M_t
     read_weights: np.ndarray  # (R, N)
     write_weights: np.ndarray  # (R, N)
+    hr: np.ndarray | None = None  # (H + R * W,), [h; reads] in one buffer
 
 
 def _committed(pending: PendingStep, usage, least_used) -> MANNState:
@@ -106,6 +107,13 @@ class NumpyMANN:
         self.w_rec = p.get("recurrent_proj.weight")
         self.w_head = p["head.weight"]
         self.w_out = p["output.weight"]
+        # Architecture flags the compiled kernels take, read once.
+        self._H = H
+        self._n_x = n_x
+        self._gamma = self.dtype.type(module.gamma)
+        self._lstm = module.controller == "lstm"
+        self._add_content = module.write_content == "add"
+        self._read_after_write = bool(module.read_after_write)
         #: Use the compiled kernels of :mod:`sk_mann._jit_step` for one row.
         self.jit = _jit_step.AVAILABLE
         #: Threads of the compiled kernels (their two large products).
@@ -370,11 +378,13 @@ class NumpyMANN:
         m = self.m
         if self.jit:
             mem = state.memory
-            h, c = _jit_step.gates(
-                self.w_in, x, base, state.c[0], m.controller == "lstm", self.n_threads
-            )
-            logits, reads, memory, read_w, write_w = _jit_step.read_and_output(
-                h,
+            logits, hr, c, memory, read_w, write_w = _jit_step.step(
+                self.w_in,
+                x,
+                base,
+                state.c[0],
+                self._lstm,
+                self.n_threads,
                 self.w_head,
                 self.b_head,
                 mem.memory[0],
@@ -383,10 +393,12 @@ class NumpyMANN:
                 mem.least_used[0],
                 self.w_out,
                 self.b_out,
-                m.write_content == "add",
-                m.read_after_write,
+                self._add_content,
+                self._read_after_write,
             )
-            return logits, PendingStep(h, c, reads, memory, read_w, write_w)
+            H = self._H
+            step = PendingStep(hr[:H], c, hr[H:], memory, read_w, write_w, hr)
+            return logits, step
         R, W, H = m.n_reads, m.slot_size, m.controller_size
         gates = x @ self.w_x_t
         gates += base
@@ -450,36 +462,46 @@ class NumpyMANN:
             state.memory.usage[0],
             pending.read_weights,
             pending.write_weights,
-            self.dtype.type(self.m.gamma),
+            self._gamma,
             self.m.n_reads,
-            *self._prepare_args(pending.h, pending.reads, label),
+            *self._prepare_args(pending.h, pending.reads, label, pending.hr),
         )
         return _committed(pending, usage, least_used), base
 
-    def _rec_input(self, h: np.ndarray, reads: np.ndarray) -> np.ndarray:
-        """``[h; reads]`` of one row as the recurrent projection reads it."""
+    def _rec_input(
+        self, h: np.ndarray, reads: np.ndarray, hr: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``[h; reads]`` of one row as the recurrent projection reads it.
+
+        ``hr``, when given, already is ``[h; reads]`` in one buffer.
+        """
         m = self.m
-        parts = ([h] if m.controller == "lstm" else []) + (
-            [reads] if m.read_feedback else []
-        )
+        if hr is not None and self._lstm and m.read_feedback:
+            return hr
+        parts = ([h] if self._lstm else []) + ([reads] if m.read_feedback else [])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _prepare_args(
-        self, h: np.ndarray, reads: np.ndarray, label: np.ndarray
+        self,
+        h: np.ndarray,
+        reads: np.ndarray,
+        label: np.ndarray,
+        hr: np.ndarray | None = None,
     ) -> tuple:
         """Arguments of the compiled ``prepare`` for a state's ``h`` and reads."""
-        m = self.m
         if self.w_rec is None:
             rec, w_rec = self.b_in[:0], self.w_in
         else:
-            rec, w_rec = self._rec_input(h, reads), self.w_rec
+            rec, w_rec = self._rec_input(h, reads, hr), self.w_rec
+        if label.ndim != 1 or label.dtype != self.dtype:
+            label = np.ravel(label).astype(self.dtype)
         return (
             self.w_in,
             self.b_in,
-            m.n_inputs,
-            np.ravel(label).astype(self.dtype, copy=False),
+            self._n_x,
+            label,
             w_rec,
             rec,
-            m.controller_size,
+            self._H,
             self.n_threads,
         )

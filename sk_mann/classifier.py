@@ -84,6 +84,20 @@ def _map_state(fn, state):
     return state
 
 
+def _state_tensors(state):
+    """The recurrent state as tensors (the NumPy path keeps NumPy arrays)."""
+    if isinstance(state.h, np.ndarray):
+        return NumpyMANN.state_to_torch(state)
+    return state
+
+
+def _state_arrays(state) -> list[np.ndarray]:
+    """Every array of the recurrent state, as NumPy arrays (views)."""
+    out: list = []
+    _map_state(out.append, _state_tensors(state))
+    return [t.detach().cpu().numpy() for t in out]
+
+
 def _sort_key(value: Any) -> tuple:
     """Order feature names: numbers numerically, then everything else by repr."""
     if isinstance(value, numbers.Number) and not isinstance(value, bool):
@@ -579,7 +593,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             or memo.prev_code != self.prev_code_
             or memo.weights_version != version
         ):
-            np_state = NumpyMANN.state_to_numpy(self.state_)
+            np_state = self.state_
+            if isinstance(np_state.h, torch.Tensor):  # fresh, or loaded
+                np_state = NumpyMANN.state_to_numpy(np_state)
             base = fast.prepare(np_state, self._label_vector(self.prev_code_))
             memo = _StreamMemo(self.state_, self.prev_code_, version, np_state, base)
             fast.memo = memo
@@ -597,7 +613,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         memo = self._stream_cache()
         x = np.ascontiguousarray(row, dtype=self._numpy_.dtype)
         logits, step = self._numpy_.step_one(x, memo.base, memo.np_state)
-        self._numpy_.memo = memo._replace(pending=(row, x, step))
+        self._numpy_.memo = _StreamMemo(*memo[:5], (row, x, step))
         return logits
 
     def _write(self, X: np.ndarray, y) -> None:
@@ -627,10 +643,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         new, base = fast.commit_prepare(
             step, memo.np_state, self._label_vector(self.prev_code_)
         )
-        self.state_ = NumpyMANN.state_to_torch(new)
-        fast.memo = _StreamMemo(
-            self.state_, self.prev_code_, memo.weights_version, new, base
-        )
+        # On the NumPy path the state stays NumPy arrays (pickled as such).
+        self.state_ = new
+        fast.memo = _StreamMemo(new, self.prev_code_, memo.weights_version, new, base)
 
     @torch.no_grad()
     def _write_torch(self, X: np.ndarray, y) -> None:
@@ -639,7 +654,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         for i in range(Xt.shape[0]):
             label = self._as_tensor(self._label_vector(self.prev_code_))
             inputs = torch.cat([Xt[i : i + 1], label], dim=1)
-            _, self.state_ = self.module_.step(inputs, self.state_)
+            _, self.state_ = self.module_.step(inputs, _state_tensors(self.state_))
             self.prev_code_ = self._bind(y[i])
 
     @torch.no_grad()
@@ -681,7 +696,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             inputs = np.concatenate(
                 [rows, self._label_vector(self.prev_code_, n)], axis=1
             )
-            state = _map_state(lambda t: t.expand(n, *t.shape[1:]), self.state_)
+            state = _map_state(
+                lambda t: t.expand(n, *t.shape[1:]), _state_tensors(self.state_)
+            )
             logits, _ = self.module_.step(self._as_tensor(inputs), state)
             out[start : start + n] = (
                 self.scheme_.code_log_probs(logits.double(), codes).cpu().numpy()
@@ -753,7 +770,11 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                     return fast.row_memo[1]
                 # Straight to the network's dtype where it streams (rounded
                 # once, as through float64; and a faster conversion).
-                row = np.array(values, dtype=np.float64 if fast is None else fast.dtype)
+                row = np.fromiter(
+                    values,
+                    np.float64 if fast is None else fast.dtype,
+                    self.n_features_in_,
+                )
                 if np.isfinite(row).all():
                     row.flags.writeable = False
                     if fast is not None:
@@ -1008,9 +1029,12 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         """Bytes held, tensors included (River's accounting does not see them)."""
         if not hasattr(self, "module_"):
             return 1024
-        tensors = list(self.module_.state_dict().values())
-        _map_state(tensors.append, self.state_)
-        return 1024 + sum(t.numel() * t.element_size() for t in tensors)
+        weights = self.module_.state_dict().values()
+        return (
+            1024
+            + sum(t.numel() * t.element_size() for t in weights)
+            + sum(a.nbytes for a in _state_arrays(self.state_))
+        )
 
     # ------------------------------------------------------------ persistence
     def __getstate__(self):
@@ -1038,7 +1062,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                 dev = torch.device("cpu")
             if dev.type != "cpu":
                 self.module_ = self.module_.to(dev)
-                self.state_ = _map_state(lambda t: t.to(dev), self.state_)
+                self.state_ = _map_state(
+                    lambda t: t.to(dev), _state_tensors(self.state_)
+                )
             self._make_fast_path()
 
 
