@@ -718,15 +718,19 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         """:meth:`predict_proba_one` on the NumPy path, from the codes' scores."""
         logits = self._predict_row_fast(row)
         codes = list(self.bindings_.values())
-        columns = self.scheme_.output_columns(np.array(codes))
         if len(codes) <= _PYTHON_SOFTMAX_MAX:  # a few classes: Python's floats
             values = logits.tolist()
-            scores = [math.fsum(values[j] for j in cols) for cols in columns.tolist()]
+            if self.scheme_.n_groups == 1:  # one-hot: a code's score is its logit
+                scores = [values[c] for c in codes]
+            else:
+                columns = self.scheme_.output_columns(np.array(codes)).tolist()
+                scores = [math.fsum(values[j] for j in cols) for cols in columns]
             top = max(scores)
             p = [math.exp(v - top) for v in scores]
             total = math.fsum(p)
             p = [v / total for v in p]
         else:
+            columns = self.scheme_.output_columns(np.array(codes))
             scores = logits[columns].sum(axis=1, dtype=float)
             p = np.exp(scores - scores.max())
             p = (p / p.sum()).tolist()
