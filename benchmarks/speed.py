@@ -388,8 +388,9 @@ def state_growth(n_total: int) -> list[dict]:
         done += chunk
         if done in marks:
             gc.collect()
+            # NumPy arrays on the CPU streaming path, tensors elsewhere.
             state_bytes = sum(
-                t.numel() * t.element_size()
+                np.asarray(t).nbytes
                 for t in torch.utils._pytree.tree_leaves(mann.state_)
             )
             out.append(

@@ -81,3 +81,23 @@ def test_time_to_accuracy_keeps_runs_scored_elsewhere(tta, tmp_path, monkeypatch
     carried = tta._earlier_runs()
     assert list(carried) == ["gone"]  # "here" is re-scored from its checkpoint
     assert carried["gone"]["scored_at_commit"] == "abc"
+
+
+def test_speed_state_growth_counts_the_stream_state(monkeypatch):
+    """The fast-state bytes of speed.py: the full state, constant over a stream."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import speed
+
+    monkeypatch.setattr(
+        speed,
+        "PAPER",
+        dict(controller_size=8, n_slots=6, slot_size=3, n_reads=2, n_episodes=0),
+    )
+    try:
+        rows = speed.state_growth(2000)
+    finally:
+        sys.modules.pop("speed", None)
+    # h, c (8 each), reads (2 x 3), memory (6 x 3), usage, read weights (2 x 6),
+    # least-used mask (6): float32.
+    expected = 4 * (8 + 8 + 6 + 18 + 6 + 12 + 6)
+    assert [r["state_bytes"] for r in rows] == [expected, expected]
