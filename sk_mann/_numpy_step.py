@@ -12,6 +12,7 @@ NumPy arrays instead of tensors.
 
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple
 
 import numpy as np
@@ -24,6 +25,7 @@ from .model import MANN, MANNState
 __all__ = ["NumpyMANN", "PendingStep"]
 
 _EPS = 1e-8  # same guard as sk_mann.memory._EPS
+_VERSION = operator.attrgetter("_version")
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -124,7 +126,7 @@ class NumpyMANN:
 
     def weights_version(self) -> tuple:
         """Torch's version counters of the weights: they change on in-place updates."""
-        return tuple(p._version for p in self._params)
+        return tuple(map(_VERSION, self._params))
 
     @staticmethod
     def state_to_numpy(state: MANNState) -> MANNState:
@@ -493,8 +495,10 @@ class NumpyMANN:
             rec, w_rec = self.b_in[:0], self.w_in
         else:
             rec, w_rec = self._rec_input(h, reads, hr), self.w_rec
-        if label.ndim != 1 or label.dtype != self.dtype:
-            label = np.ravel(label).astype(self.dtype)
+        if label.ndim != 1:  # (1, width): the row view
+            label = label.reshape(-1)
+        if label.dtype != self.dtype:
+            label = label.astype(self.dtype)
         return (
             self.w_in,
             self.b_in,

@@ -957,6 +957,22 @@ def test_nonfinite_X_is_rejected_without_side_effects(data, fitted, value):
     assert not hasattr(fresh, "module_")
 
 
+def test_huge_finite_dict_values_are_accepted(data, fitted):
+    """Values whose squares overflow float32 still stream (the slow path checks)."""
+    _, _, Xn, yn = data
+    est, ref = copy.deepcopy(fitted), copy.deepcopy(fitted)
+    ref._numpy_ = None
+    big = as_dict(Xn[0])
+    big[3] = 1e30
+    for model in (est, ref):
+        model.learn_one(as_dict(Xn[1]), yn[1])
+        model.learn_one(big, yn[0])
+    p, p_ref = est.predict_proba_one(big), ref.predict_proba_one(big)
+    assert p.keys() == p_ref.keys()
+    for k in p_ref:
+        assert p[k] == pytest.approx(p_ref[k], abs=1e-5)
+
+
 def test_wrong_number_of_features_after_fit(data, fitted):
     _, _, Xn, yn = data
     est = copy.deepcopy(fitted)
