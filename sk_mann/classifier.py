@@ -27,7 +27,7 @@ from . import pretrained as _pretrained
 from ._numpy_step import NumpyMANN
 from .episodes import EpisodeSampler
 from .labels import LabelScheme, make_label_scheme
-from .model import build_network
+from .model import MANNState, build_network
 
 __all__ = ["MANNOneShotClassifier"]
 
@@ -65,7 +65,7 @@ def _atomic(method):
 class _StreamMemo(NamedTuple):
     """What streaming derives from the committed state (see ``_stream_cache``)."""
 
-    state: Any  # the ``state_`` object it was derived from
+    state: Any  # the ``_state_`` object it was derived from
     prev_code: int
     weights_version: tuple
     np_state: Any  # NumPy views of ``state``
@@ -205,6 +205,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         The network.
     history_ : list of dict
         Meta-training history (loss per epoch) of the last ``fit``.
+    state_ : MANNState
+        The stream's fast state: controller state, last reads and the memory
+        (``state_.memory.memory``, one row per slot), as tensors of batch 1.
 
     See Also
     --------
@@ -472,7 +475,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
 
     def _new_fast_state(self) -> None:
         """Wipe memory, controller state, bindings and previous label."""
-        self.state_ = self.module_.initial_state(1)
+        self._state_ = self.module_.initial_state(1)
         self.prev_code_ = -1
         self.bindings_ = OrderedDict()  # class -> code, least recently seen first
         self.codes_ = {}  # code -> class
@@ -574,9 +577,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         return np.repeat(vec, n, axis=0) if n > 1 else vec
 
     def _stream_cache(self) -> _StreamMemo:
-        """The NumPy view of ``state_`` and the next step's gate base, memoised.
+        """The NumPy view of ``_state_`` and the next step's gate base, memoised.
 
-        Valid while ``state_``, ``prev_code_`` and the weights (torch's version
+        Valid while ``_state_``, ``prev_code_`` and the weights (torch's version
         counters: in-place updates count) are the ones it was built from;
         rebuilt otherwise. ``pending`` is the last one-row prediction, which
         :meth:`_write` commits instead of recomputing when the same row is then
@@ -589,15 +592,15 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         memo, version = fast.memo, fast.weights_version()
         if (
             memo is None
-            or memo.state is not self.state_
+            or memo.state is not self._state_
             or memo.prev_code != self.prev_code_
             or memo.weights_version != version
         ):
-            np_state = self.state_
+            np_state = self._state_
             if isinstance(np_state.h, torch.Tensor):  # fresh, or loaded
                 np_state = NumpyMANN.state_to_numpy(np_state)
             base = fast.prepare(np_state, self._label_vector(self.prev_code_))
-            memo = _StreamMemo(self.state_, self.prev_code_, version, np_state, base)
+            memo = _StreamMemo(self._state_, self.prev_code_, version, np_state, base)
             fast.memo = memo
         return memo
 
@@ -644,7 +647,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             step, memo.np_state, self._label_vector(self.prev_code_)
         )
         # On the NumPy path the state stays NumPy arrays (pickled as such).
-        self.state_ = new
+        self._state_ = new
         fast.memo = _StreamMemo(new, self.prev_code_, memo.weights_version, new, base)
 
     @torch.no_grad()
@@ -654,7 +657,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         for i in range(Xt.shape[0]):
             label = self._as_tensor(self._label_vector(self.prev_code_))
             inputs = torch.cat([Xt[i : i + 1], label], dim=1)
-            _, self.state_ = self.module_.step(inputs, _state_tensors(self.state_))
+            _, self._state_ = self.module_.step(inputs, _state_tensors(self._state_))
             self.prev_code_ = self._bind(y[i])
 
     @torch.no_grad()
@@ -697,7 +700,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                 [rows, self._label_vector(self.prev_code_, n)], axis=1
             )
             state = _map_state(
-                lambda t: t.expand(n, *t.shape[1:]), _state_tensors(self.state_)
+                lambda t: t.expand(n, *t.shape[1:]), _state_tensors(self._state_)
             )
             logits, _ = self.module_.step(self._as_tensor(inputs), state)
             out[start : start + n] = (
@@ -1029,6 +1032,19 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         return max(proba, key=proba.get)
 
     @property
+    def state_(self) -> MANNState:
+        """The stream's fast state (controller, reads, memory) as tensors.
+
+        On the CPU, streaming keeps it as NumPy arrays (``_state_``) and this
+        returns tensors sharing their memory, made at each access.
+        """
+        return _state_tensors(self._state_)
+
+    @state_.setter
+    def state_(self, value: MANNState) -> None:
+        self._state_ = value
+
+    @property
     def _raw_memory_usage(self) -> int:
         """Bytes held, tensors included (River's accounting does not see them)."""
         if not hasattr(self, "module_"):
@@ -1037,7 +1053,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         return (
             1024
             + sum(t.numel() * t.element_size() for t in weights)
-            + sum(a.nbytes for a in _state_arrays(self.state_))
+            + sum(a.nbytes for a in _state_arrays(self._state_))
         )
 
     # ------------------------------------------------------------ persistence
@@ -1047,10 +1063,13 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         if "module_" in state and state["module_"].output.weight.device.type != "cpu":
             # Saved from an accelerator: store CPU tensors so any machine can load it.
             state["module_"] = copy.deepcopy(state["module_"]).cpu()
-            state["state_"] = _map_state(lambda t: t.detach().cpu(), state["state_"])
+            state["_state_"] = _map_state(lambda t: t.detach().cpu(), state["_state_"])
         return state
 
     def __setstate__(self, state):
+        if "state_" in state:  # pickled before the state moved to ``_state_``
+            state = dict(state)
+            state["_state_"] = state.pop("state_")
         self.__dict__.update(state)
         if "module_" in state:
             dev = torch.device(self.device)
@@ -1066,8 +1085,8 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                 dev = torch.device("cpu")
             if dev.type != "cpu":
                 self.module_ = self.module_.to(dev)
-                self.state_ = _map_state(
-                    lambda t: t.to(dev), _state_tensors(self.state_)
+                self._state_ = _map_state(
+                    lambda t: t.to(dev), _state_tensors(self._state_)
                 )
             self._make_fast_path()
 

@@ -25,7 +25,6 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 import sk_mann
 from sk_mann import MANNOneShotClassifier, _jit_step, evaluate_per_instance
-from sk_mann.classifier import _state_tensors
 from sk_mann.pretrained import save_weights
 
 # Streaming new classes into a fitted 5-code model recycles codes by design; the
@@ -62,8 +61,7 @@ def state_tensors(est) -> list[torch.Tensor]:
             for part in s:
                 walk(part)
 
-    # The NumPy streaming path keeps NumPy arrays: compare them as tensors.
-    walk(_state_tensors(est.state_))
+    walk(est.state_)
     assert out, "no state found"
     return out
 
@@ -182,7 +180,8 @@ def test_numpy_path_state_pickles_and_feeds_the_torch_path(data, fitted):
     for i in range(5):
         fast.learn_one(as_dict(Xn[i]), yn[i])
         ref.learn_one(as_dict(Xn[i]), yn[i])
-    assert isinstance(fast.state_.h, np.ndarray)
+    assert isinstance(fast._state_.h, np.ndarray)  # kept as arrays between samples
+    assert isinstance(fast.state_.h, torch.Tensor)  # and shown as tensors
     assert pickle.dumps(fast) == pickle.dumps(fast)  # River's checks compare pickles
     loaded = pickle.loads(pickle.dumps(fast))
     for a, b in zip(state_tensors(loaded), state_tensors(fast), strict=True):
@@ -195,6 +194,25 @@ def test_numpy_path_state_pickles_and_feeds_the_torch_path(data, fitted):
     for a, b in zip(state_tensors(fast), state_tensors(ref), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(fast.predict_proba(Xn), ref.predict_proba(Xn), atol=1e-5)
+
+
+def test_pickles_that_stored_the_state_as_state_still_load(data, fitted):
+    """Models pickled before the state moved to ``_state_`` load and stream."""
+    _, _, Xn, yn = data
+    est = copy.deepcopy(fitted)
+    est.learn_one(as_dict(Xn[0]), yn[0])
+    old = est.__getstate__()
+    old["state_"] = est.state_  # the former layout: tensors under "state_"
+    del old["_state_"]
+    loaded = MANNOneShotClassifier.__new__(MANNOneShotClassifier)
+    loaded.__setstate__(old)
+    for a, b in zip(state_tensors(loaded), state_tensors(est), strict=True):
+        assert torch.equal(a, b)
+    for i in range(1, 4):
+        x = as_dict(Xn[i])
+        assert loaded.predict_proba_one(x) == est.predict_proba_one(x)
+        loaded.learn_one(x, yn[i])
+        est.learn_one(x, yn[i])
 
 
 def test_learning_a_predicted_row_reuses_nothing_stale(data, fitted):
