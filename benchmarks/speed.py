@@ -400,9 +400,8 @@ def state_growth(n_total: int) -> list[dict]:
         done += chunk
         if done in marks:
             gc.collect()
-            # NumPy arrays on the CPU streaming path, tensors elsewhere.
             state_bytes = sum(
-                np.asarray(t).nbytes
+                t.numel() * t.element_size()
                 for t in torch.utils._pytree.tree_leaves(mann.state_)
             )
             out.append(

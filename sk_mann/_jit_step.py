@@ -120,28 +120,11 @@ if AVAILABLE:
             h[u] = o * _tanh(c[u], one)
 
     @njit(cache=True, fastmath=_FLAGS, nogil=True, parallel=True)
-    def step(  # pragma: no cover - compiled
-        w_in,
-        x,
-        base,
-        c_prev,
-        lstm,
-        n_threads,
-        w_head,
-        b_head,
-        memory,
-        usage,
-        read_w_prev,
-        least_used,
-        w_out,
-        b_out,
-        add_content,
-        read_after_write,
-    ):
+    def step(w_in, x, base, c_prev, lstm, n_threads, *read_args):  # pragma: no cover
         """One step of one row, from ``base`` (see ``NumpyMANN.prepare``).
 
         The controller (its units split over ``n_threads`` threads), then
-        :func:`_read_and_output`, in one call.
+        :func:`_read_and_output` with ``read_args``, in one call.
 
         Parameters
         ----------
@@ -152,9 +135,10 @@ if AVAILABLE:
         lstm : bool
         n_threads : int
             Split of the units over threads (1: no threading).
-        w_head, b_head, w_out, b_out : the head and output layers
-        memory, usage, read_w_prev, least_used : the memory state (batch 1)
-        add_content, read_after_write : bool, the architecture options
+        *read_args
+            ``w_head, b_head, memory, usage, read_w_prev, least_used, w_out,
+            b_out, add_content, read_after_write``: the arguments of
+            :func:`_read_and_output` after ``h`` and ``reads``.
 
         Returns
         -------
@@ -167,6 +151,7 @@ if AVAILABLE:
         write_w : (R, N)
         """
         H = c_prev.shape[0]
+        memory, read_w_prev = read_args[2], read_args[4]
         hr = np.empty(H + read_w_prev.shape[0] * memory.shape[1], base.dtype)
         h = hr[:H]
         c = np.empty(H, base.dtype)
@@ -176,20 +161,7 @@ if AVAILABLE:
             for t in prange(n_threads):
                 lo, hi = t * H // n_threads, (t + 1) * H // n_threads
                 _units(lo, hi, w_in, x, base, c_prev, lstm, h, c)
-        logits, new_memory, read_w, write_w = _read_and_output(
-            h,
-            hr[H:],
-            w_head,
-            b_head,
-            memory,
-            usage,
-            read_w_prev,
-            least_used,
-            w_out,
-            b_out,
-            add_content,
-            read_after_write,
-        )
+        logits, new_memory, read_w, write_w = _read_and_output(h, hr[H:], *read_args)
         return logits, hr, c, new_memory, read_w, write_w
 
     @njit(cache=True, fastmath=_FLAGS, nogil=True)

@@ -91,13 +91,6 @@ def _state_tensors(state):
     return state
 
 
-def _state_arrays(state) -> list[np.ndarray]:
-    """Every array of the recurrent state, as NumPy arrays (views)."""
-    out: list = []
-    _map_state(out.append, _state_tensors(state))
-    return [t.detach().cpu().numpy() for t in out]
-
-
 def _sort_key(value: Any) -> tuple:
     """Order feature names: numbers numerically, then everything else by repr."""
     if isinstance(value, numbers.Number) and not isinstance(value, bool):
@@ -1049,12 +1042,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         """Bytes held, tensors included (River's accounting does not see them)."""
         if not hasattr(self, "module_"):
             return 1024
-        weights = self.module_.state_dict().values()
-        return (
-            1024
-            + sum(t.numel() * t.element_size() for t in weights)
-            + sum(a.nbytes for a in _state_arrays(self._state_))
-        )
+        tensors = list(self.module_.state_dict().values())
+        _map_state(tensors.append, self.state_)
+        return 1024 + sum(t.numel() * t.element_size() for t in tensors)
 
     # ------------------------------------------------------------ persistence
     def __getstate__(self):
