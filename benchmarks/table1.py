@@ -82,15 +82,21 @@ PAPER = {
 }
 
 
-def samplers(data_home: str) -> tuple[EpisodeSampler, EpisodeSampler]:
-    """Training sampler (1200 characters, rotations, jitter) and held-out sampler."""
+def samplers(
+    data_home: str, train_per_class: int = N_PER_CLASS
+) -> tuple[EpisodeSampler, EpisodeSampler]:
+    """Training sampler (1200 characters, rotations, jitter) and held-out sampler.
+
+    ``train_per_class`` sets the training episodes' instances per class (their
+    length is ``N_WAY`` times it); held-out episodes always have the paper's.
+    """
     X_tr, y_tr = fetch_omniglot(data_home=data_home, subset="train", return_X_y=True)
     X_te, y_te = fetch_omniglot(data_home=data_home, subset="test", return_X_y=True)
     train = EpisodeSampler(
         X_tr,
         y_tr,
         n_way=N_WAY,
-        n_per_class=N_PER_CLASS,
+        n_per_class=train_per_class,
         image_shape=(IMAGE, IMAGE),
         rotate_classes=True,
         augment=True,

@@ -273,6 +273,26 @@ if AVAILABLE:
                 _base_rows(lo, hi, H, n_gates, w_in, b_in, n_x, label, w_rec, rec, base)
         return base
 
+    @njit(cache=True, nogil=True)
+    def _least_used(usage, n):  # pragma: no cover - compiled
+        """Mask of the ``n`` smallest usages, ties to the lower slot.
+
+        The first ``n`` of a stable argsort, by ``n`` scans (``n`` is the
+        number of heads: cheaper than sorting every slot).
+        """
+        mask = np.zeros_like(usage)
+        for _ in range(min(n, usage.shape[0])):
+            best = -1
+            for i in range(usage.shape[0]):
+                if mask[i] == 0.0 and (
+                    best < 0
+                    or usage[i] < usage[best]
+                    or (usage[best] != usage[best] and usage[i] == usage[i])
+                ):  # NaN last, as argsort puts it
+                    best = i
+            mask[best] = 1.0
+        return mask
+
     @njit(cache=True, fastmath=_FLAGS, nogil=True)
     def commit_prepare(  # pragma: no cover - compiled
         usage_prev,
@@ -302,7 +322,6 @@ if AVAILABLE:
         usage = gamma * usage_prev
         for r in range(read_w.shape[0]):
             usage += read_w[r] + write_w[r]
-        least_used = np.zeros_like(usage)
-        least_used[np.argsort(usage, kind="mergesort")[:n_reads]] = 1.0
+        least_used = _least_used(usage, n_reads)
         base = prepare(w_in, b_in, n_x, label, w_rec, rec, H, n_threads)
         return usage, least_used, base

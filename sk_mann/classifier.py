@@ -710,8 +710,8 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         logp, labels = self._bound_log_probs(X)
         return self._proba_from_log_probs(logp, labels)
 
-    def _proba_one_fast(self, row: np.ndarray) -> dict:
-        """:meth:`predict_proba_one` on the NumPy path, from the codes' scores."""
+    def _code_probs_fast(self, row: np.ndarray) -> tuple[list, list]:
+        """Bound codes and their probabilities for one row (NumPy path)."""
         logits = self._predict_row_fast(row)
         codes = list(self.bindings_.values())
         if len(codes) <= _PYTHON_SOFTMAX_MAX:  # a few classes: Python's floats
@@ -724,18 +724,33 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             top = max(scores)
             p = [math.exp(v - top) for v in scores]
             total = math.fsum(p)
-            p = [v / total for v in p]
-        else:
-            columns = self.scheme_.output_columns(np.array(codes))
-            scores = logits[columns].sum(axis=1, dtype=float)
-            p = np.exp(scores - scores.max())
-            p = (p / p.sum()).tolist()
+            return codes, [v / total for v in p]
+        columns = self.scheme_.output_columns(np.array(codes))
+        scores = logits[columns].sum(axis=1, dtype=float)
+        p = np.exp(scores - scores.max())
+        return codes, (p / p.sum()).tolist()
+
+    def _proba_one_fast(self, row: np.ndarray) -> dict:
+        """:meth:`predict_proba_one` on the NumPy path, from the codes' scores."""
+        codes, p = self._code_probs_fast(row)
         objects = self.class_objects_
         proba = dict.fromkeys(objects.values(), 0.0)  # every class, classes_ order
         codes_ = self.codes_
         for code, p_code in zip(codes, p):
             proba[objects[_key(codes_[code])]] = p_code
         return proba
+
+    def _predict_one_fast(self, row: np.ndarray):
+        """:meth:`predict_one` on the NumPy path, without the dict of every class.
+
+        The class of :meth:`_proba_one_fast`'s largest probability, ties to the
+        first in ``classes_`` (as ``max`` over that dict would pick).
+        """
+        codes, p = self._code_probs_fast(row)
+        top = max(p)
+        keys = [_key(self.codes_[c]) for c, p_c in zip(codes, p) if p_c == top]
+        key = keys[0] if len(keys) == 1 else min(keys, key=self.class_index_.get)
+        return self.class_objects_[key]
 
     def _proba_from_log_probs(self, logp: np.ndarray, labels: list) -> np.ndarray:
         """Softmax over the bound codes, placed in the columns of ``classes_``."""
@@ -1019,6 +1034,12 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
 
     def predict_one(self, x: dict):
         """Most probable class (River API); ``None`` before any learning."""
+        if (
+            getattr(self, "_numpy_", None) is not None
+            and self.bindings_
+            and isinstance(x, dict)
+        ):
+            return self._predict_one_fast(self._dict_to_row(x))
         proba = self.predict_proba_one(x)
         if not proba:
             return None

@@ -679,6 +679,36 @@ def test_river_dicts_after_fit_on_a_dataframe_use_the_column_names(data):
     )
 
 
+@pytest.mark.parametrize("labels", ["onehot", "string"])
+def test_predict_one_is_the_top_of_predict_proba_one(data, labels):
+    """predict_one (which skips the dict of every class) = argmax of the dict."""
+    _, _, Xn, yn = data
+    est = make(labels=labels)
+    names = [f"c{v}" for v in yn]
+    for i in range(30):
+        x = as_dict(Xn[i])
+        if i:
+            proba = est.predict_proba_one(x)
+            assert est.predict_one(x) == max(proba, key=proba.get)
+        est.learn_one(x, names[i])
+
+
+def test_predict_one_breaks_ties_in_classes_order(data, monkeypatch):
+    """Equal probabilities: the first class of classes_, as max over the dict."""
+    _, _, Xn, _ = data
+    est = make()
+    for i, label in enumerate([4, 2, 3]):  # bound (LRU) order differs from classes_
+        est.learn_one(as_dict(Xn[i]), label)
+    assert list(est.bindings_) == [4, 2, 3]
+    n_out = est.module_.output.weight.shape[0]
+    monkeypatch.setattr(est, "_predict_row_fast", lambda row: np.zeros(n_out))
+    proba = est.predict_proba_one(as_dict(Xn[5]))
+    assert len(set(proba.values()) - {0.0}) == 1  # every bound class tied
+    expected = max(proba, key=proba.get)
+    assert est.predict_one(as_dict(Xn[5])) == expected
+    assert expected == 2
+
+
 @pytest.mark.parametrize("kind", ["list", "ndarray"])
 def test_predict_one_rejects_non_dicts(data, fitted, kind):
     _, _, Xn, _ = data

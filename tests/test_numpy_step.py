@@ -178,3 +178,22 @@ def test_compiled_step_does_not_depend_on_the_thread_split(controller):
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize(
+    "usage",
+    [
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # all tied: the lowest slots
+        [0.3, 0.1, 0.3, 0.1, 0.2, 0.1],
+        [np.nan, 0.5, np.nan, 0.2, 0.1, 0.9],  # NaN counts as the largest
+        [np.nan, np.nan, np.nan, np.nan, np.nan, 0.4],
+        [2.0, 1.0],  # fewer slots than heads
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_least_used_mask_is_a_stable_argsort(usage, dtype):
+    usage = np.array(usage, dtype=dtype)
+    expected = np.zeros_like(usage)
+    expected[np.argsort(usage, kind="stable")[:3]] = 1.0
+    np.testing.assert_array_equal(_jit_step._least_used(usage, 3), expected)
