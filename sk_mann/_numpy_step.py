@@ -287,6 +287,8 @@ class NumpyMANN:
         h, _, keys, gate, content = self._controller_and_heads(inputs, state, base)
         mem = state.memory
         lu = mem.least_used[0]
+        if self.jit and m.read_after_write:
+            return self._predict_logits_jit(h, keys, gate, content, mem)
         write_w = gate[:, :, None] * (mem.read_weights[0] - lu)
         write_w += lu  # (n, R, N)
         key_norm = np.sqrt(np.einsum("nrw,nrw->nr", keys, keys))  # (n, R)
@@ -327,10 +329,46 @@ class NumpyMANN:
         reads = (read_w.reshape(n * R, -1) @ shared).reshape(n, R, W)
         if m.read_after_write:  # + (w^r Ww^T) C
             reads += np.matmul(np.matmul(read_w, write_w.transpose(0, 2, 1)), content)
+        return self._logits(h, reads)
+
+    def _logits(self, h: np.ndarray, reads: np.ndarray) -> np.ndarray:
+        """Output layer of ``n`` rows: ``h`` (n, H) and ``reads`` (n, R, W)."""
         logits = h @ self.w_out_h_t
-        logits += reads.reshape(n, R * W) @ self.w_out_r_t
+        logits += reads.reshape(h.shape[0], -1) @ self.w_out_r_t
         logits += self.b_out
         return logits
+
+    def _predict_logits_jit(self, h, keys, gate, content, mem) -> np.ndarray:
+        """:meth:`predict_logits` (read after write) with the compiled read.
+
+        The products with the shared memory stay matrix products (BLAS); the
+        ~15 passes over ``(rows, heads, slots)`` arrays between them are one
+        compiled pass per row (:func:`sk_mann._jit_step.batch_read_weights`).
+        """
+        n, R, W = keys.shape
+        shared = mem.memory[0].copy()
+        shared[np.argmin(mem.usage[0])] = 0.0  # M', shared by all rows
+        A = (keys.reshape(n * R, W) @ shared.T).reshape(n, R, -1)
+        KC = np.matmul(keys, content.transpose(0, 2, 1))
+        if content is keys:
+            P, CC = A, KC
+        else:
+            P = (content.reshape(n * R, W) @ shared.T).reshape(n, R, -1)
+            CC = np.matmul(content, content.transpose(0, 2, 1))
+        read_w, SW = _jit_step.batch_read_weights(
+            A,
+            P,
+            KC,
+            CC,
+            keys,
+            np.ascontiguousarray(gate),
+            mem.read_weights[0],
+            mem.least_used[0],
+            np.einsum("ij,ij->i", shared, shared),
+        )
+        reads = (read_w.reshape(n * R, -1) @ shared).reshape(n, R, W)
+        reads += np.matmul(SW, content)  # the rows' own writes
+        return self._logits(h, reads)
 
     # ------------------------------------------------ single-row streaming path
     def prepare(self, state: MANNState, label: np.ndarray) -> np.ndarray:

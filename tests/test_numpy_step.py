@@ -137,10 +137,14 @@ def test_single_row_step_leaves_its_state_alone():
         state = fast.commit(pending, state)
 
 
+@pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("controller,feedback,content,raw", OPTIONS)
-def test_factored_predict_equals_step(controller, feedback, content, raw):
+def test_factored_predict_equals_step(controller, feedback, content, raw, jit):
+    """predict_logits (NumPy, or with the compiled read) = the step, row by row."""
+    if jit and not _jit_step.AVAILABLE:
+        pytest.skip("numba not installed")
     module = _small(controller, feedback, content, raw)
-    fast = NumpyMANN(module)
+    fast = _engine(module, jit, 1)
     state = NumpyMANN.state_to_numpy(module.initial_state(1))
     for inputs in _stream(module, 6):  # a state with a written, partly erased memory
         _, state = fast.step(inputs.numpy(), state)
@@ -197,3 +201,38 @@ def test_least_used_mask_is_a_stable_argsort(usage, dtype):
     expected = np.zeros_like(usage)
     expected[np.argsort(usage, kind="stable")[:3]] = 1.0
     np.testing.assert_array_equal(_jit_step._least_used(usage, 3), expected)
+
+
+@pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("content", ["key", "add"])
+def test_compiled_batch_read_equals_numpy_in_float32(content):
+    """The paper-size network in float32: the compiled read within rounding."""
+    torch.manual_seed(0)
+    module = MANN(
+        40,
+        5,
+        5,
+        controller_size=32,
+        n_slots=128,
+        slot_size=40,
+        n_reads=4,
+        write_content=content,
+    )
+    state = NumpyMANN.state_to_numpy(module.initial_state(1))
+    numpy_engine, compiled = _engine(module, False, 1), _engine(module, True, 1)
+    rows = np.random.default_rng(0).random((64, 45), dtype=np.float32)
+    for inputs in rows[:20]:  # a memory with a history of writes
+        _, state = numpy_engine.step(inputs[None], state)
+    expected = numpy_engine.predict_logits(rows[20:], state)
+    got = compiled.predict_logits(rows[20:], state)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 5e-7), (np.float64, 1e-11)])
+def test_exp_of_a_cosine(dtype, rtol):
+    """The compiled read's exp, on [-2, 2] (cosines, with margin)."""
+    x = np.linspace(-2.0, 2.0, 4001).astype(dtype)
+    got = np.array([_jit_step._exp_unit(v) for v in x])
+    np.testing.assert_allclose(got, np.exp(x.astype(np.float64)), rtol=rtol)
