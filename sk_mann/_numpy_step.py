@@ -155,9 +155,11 @@ class NumpyMANN:
         """
         m = self.m
         n = inputs.shape[0]
-        R, W = m.n_reads, m.slot_size
         if base is not None:
             gates = inputs @ self.w_x_t
+            if self.jit and self._lstm and gates.dtype == np.float32:
+                h, c = _jit_step.batch_lstm(gates, base, state.c[0])
+                return (h, c, *self._heads(h))
             gates += base
             if m.controller == "lstm":  # in place: one pass per op over (n, 4H)
                 H = m.controller_size
@@ -175,6 +177,13 @@ class NumpyMANN:
                 c = np.broadcast_to(state.c, (n, state.c.shape[1]))
         else:
             h, c = self._controller(inputs, state)
+        return (h, c, *self._heads(h))
+
+    def _heads(self, h: np.ndarray) -> tuple:
+        """Squashed head outputs (keys, gate, content) of ``n`` rows of ``h``."""
+        m = self.m
+        n = h.shape[0]
+        R, W = m.n_reads, m.slot_size
         head = h @ self.w_head_t
         head += self.b_head
         keys = np.tanh(head[:, : R * W]).reshape(n, R, W)
@@ -183,7 +192,7 @@ class NumpyMANN:
             content = np.tanh(head[:, R * W + R :]).reshape(n, R, W)
         else:
             content = keys
-        return h, c, keys, gate, content
+        return keys, gate, content
 
     def _controller(self, inputs: np.ndarray, state: MANNState) -> tuple:
         """``(h, c)`` from ``inputs = [x ; label]`` rows and a batch-1 or n state."""

@@ -227,6 +227,11 @@ def test_compiled_batch_read_equals_numpy_in_float32(content):
     got = compiled.predict_logits(rows[20:], state)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6)
+    # Features only (the compiled LSTM cells too): base = the shared terms.
+    base = numpy_engine.prepare(state, rows[0, 40:])
+    expected = numpy_engine.predict_logits(rows[20:, :40], state, base)
+    got = compiled.predict_logits(rows[20:, :40], state, base)
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
@@ -236,3 +241,13 @@ def test_exp_of_a_cosine(dtype, rtol):
     x = np.linspace(-2.0, 2.0, 4001).astype(dtype)
     got = np.array([_jit_step._exp_unit(v) for v in x])
     np.testing.assert_allclose(got, np.exp(x.astype(np.float64)), rtol=rtol)
+
+
+@pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
+def test_rational_tanh_in_float32():
+    """The compiled batch LSTM's tanh, including its clamp (|x| > 7.9)."""
+    x = np.concatenate([np.linspace(-12, 12, 24001), [-1e30, 1e-30, 0.0, 1e30]])
+    x = x.astype(np.float32)
+    got = np.array([_jit_step._tanh_rational(v) for v in x])
+    np.testing.assert_array_equal(got.astype(np.float32), got)  # float32 math
+    np.testing.assert_allclose(got, np.tanh(x.astype(np.float64)), rtol=0, atol=5e-7)
