@@ -8,6 +8,7 @@ import math
 import numbers
 import operator
 import os
+import struct
 import sys
 import warnings
 from collections import OrderedDict
@@ -784,18 +785,19 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                 if fast is not None and fast.row_memo[0] == values:
                     return fast.row_memo[1]
                 # Straight to the network's dtype where it streams (rounded
-                # once, as through float64; and a faster conversion).
-                row = np.fromiter(
-                    values,
-                    np.float64 if fast is None else fast.dtype,
-                    self.n_features_in_,
-                )
+                # once, as through float64). struct packs a tuple of floats ~3x
+                # faster than np.fromiter; a value out of float32's range, or
+                # not a number, raises and takes the general path below.
+                dtype = np.float64 if fast is None else fast.dtype
+                code = "f" if dtype == np.float32 else "d"
+                packed = struct.pack(f"{self.n_features_in_}{code}", *values)
+                row = np.frombuffer(packed, dtype)
                 if np.isfinite(row).all():
                     row.flags.writeable = False
                     if fast is not None:
                         fast.row_memo = (values, row)
                     return row
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError, struct.error):
                 pass
         row = np.zeros(self.n_features_in_, dtype=np.float64)
         for j, name in enumerate(self.feature_order_):

@@ -1021,6 +1021,26 @@ def test_huge_finite_dict_values_are_accepted(data, fitted):
         assert p[k] == pytest.approx(p_ref[k], abs=1e-5)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [np.float32(0.25), np.float64(-3.5), 7, True, "0.5", 1e38, 3.5e38, -1e300],
+    ids=repr,
+)
+def test_dict_values_of_any_numeric_kind_convert_as_float(data, fitted, value):
+    """The packed fast conversion and the general one give the same row."""
+    _, _, Xn, _ = data
+    est = copy.deepcopy(fitted)
+    x = as_dict(Xn[0])
+    x[3] = value
+    expected = np.array([float(v) for v in x.values()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # beyond float32: inf
+        expected = expected.astype(est._numpy_.dtype).astype(float)
+        row = est._dict_to_row(x)
+        got = np.asarray(row, dtype=est._numpy_.dtype).astype(float)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_wrong_number_of_features_after_fit(data, fitted):
     _, _, Xn, yn = data
     est = copy.deepcopy(fitted)
