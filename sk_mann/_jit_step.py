@@ -142,6 +142,19 @@ if AVAILABLE:
                 h[u] = _tanh(h[u], one)
                 c[u] = c_prev[u]
             return
+        if base.itemsize == 4:  # float32: gate sums, then one vectorised pass
+            pre = np.empty((4, hi - lo), base.dtype)
+            for u in range(lo, hi):
+                i, f, g, o = _dot4(w_in, u, H + u, 2 * H + u, 3 * H + u, 0, x)
+                pre[0, u - lo], pre[1, u - lo] = i + base[u], f + base[H + u]
+                pre[2, u - lo] = g + base[2 * H + u]
+                pre[3, u - lo] = o + base[3 * H + u]
+            hv, cv, cp = h[lo:hi], c[lo:hi], c_prev[lo:hi]
+            for k in range(hi - lo):
+                hv[k], cv[k] = _lstm_cell(
+                    pre[0, k], pre[1, k], pre[2, k], pre[3, k], cp[k]
+                )
+            return
         for u in range(lo, hi):
             i, f, g, o = _dot4(w_in, u, H + u, 2 * H + u, 3 * H + u, 0, x)
             i = one / (one + np.exp(-(i + base[u])))
@@ -228,11 +241,14 @@ if AVAILABLE:
         _gemv(w_head, 0, h, 0, head.shape[0], head)
         keys = np.empty((R, W), memory.dtype)
         content = np.empty((R, W), memory.dtype)
+        f32 = memory.itemsize == 4  # float32: vectorisable tanh and exp
         for r in range(R):
             for k in range(W):
-                keys[r, k] = _tanh(head[r * W + k], one)
+                v = head[r * W + k]
+                keys[r, k] = _tanh_rational(v) if f32 else _tanh(v, one)
                 if add_content:
-                    content[r, k] = _tanh(head[R * W + R + r * W + k], one)
+                    v = head[R * W + R + r * W + k]
+                    content[r, k] = _tanh_rational(v) if f32 else _tanh(v, one)
                 else:
                     content[r, k] = keys[r, k]
         write_w = np.empty((R, N), memory.dtype)
@@ -260,8 +276,12 @@ if AVAILABLE:
             src = source[i]
             norm_i = np.sqrt(_dot(src, src))
             for r in range(R):
-                # Cosines lie in [-1, 1]: no max to subtract before exp.
-                read_w[r, i] = np.exp(_dot(keys[r], src) / (key_norm[r] * norm_i + eps))
+                read_w[r, i] = _dot(keys[r], src) / (key_norm[r] * norm_i + eps)
+        # Cosines lie in [-1, 1]: no max to subtract before exp.
+        for r in range(R):
+            cos = read_w[r]
+            for i in range(N):
+                cos[i] = _exp_unit(cos[i])
         reads[:] = 0.0
         for r in range(R):
             weights = read_w[r]
@@ -495,19 +515,30 @@ if AVAILABLE:
         """
         n = gates.shape[0]
         H = c_prev.shape[0]
-        half = gates.dtype.type(0.5)
         h = np.empty((n, H), gates.dtype)
         c = np.empty((n, H), gates.dtype)
         for b in range(n):
             row, hb, cb = gates[b], h[b], c[b]
             for u in range(H):
-                i = half + half * _tanh_rational(half * (row[u] + base[u]))
-                f = half + half * _tanh_rational(half * (row[H + u] + base[H + u]))
-                g = _tanh_rational(row[2 * H + u] + base[2 * H + u])
-                o = half + half * _tanh_rational(
-                    half * (row[3 * H + u] + base[3 * H + u])
+                hb[u], cb[u] = _lstm_cell(
+                    row[u] + base[u],
+                    row[H + u] + base[H + u],
+                    row[2 * H + u] + base[2 * H + u],
+                    row[3 * H + u] + base[3 * H + u],
+                    c_prev[u],
                 )
-                cu = f * c_prev[u] + i * g
-                cb[u] = cu
-                hb[u] = o * _tanh_rational(cu)
         return h, c
+
+    @njit(**_JIT)
+    def _lstm_cell(i, f, g, o, c_prev):  # pragma: no cover - compiled
+        """``(h, c)`` of one LSTM unit from its gate pre-activations (float32).
+
+        Sigmoids as ``(1 + tanh(x / 2)) / 2``; every ``tanh`` is
+        :func:`_tanh_rational`, so loops over units vectorise.
+        """
+        half = type(i)(0.5)
+        i = half + half * _tanh_rational(half * i)
+        f = half + half * _tanh_rational(half * f)
+        o = half + half * _tanh_rational(half * o)
+        c = f * c_prev + i * _tanh_rational(g)
+        return o * _tanh_rational(c), c

@@ -251,3 +251,36 @@ def test_rational_tanh_in_float32():
     got = np.array([_jit_step._tanh_rational(v) for v in x])
     np.testing.assert_array_equal(got.astype(np.float32), got)  # float32 math
     np.testing.assert_allclose(got, np.tanh(x.astype(np.float64)), rtol=0, atol=5e-7)
+
+
+@pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("content", ["key", "add"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_compiled_float32_stream_equals_numpy(content, n_threads):
+    """float32 streaming (rational tanh, polynomial exp) within rounding."""
+    torch.manual_seed(0)
+    module = MANN(
+        40,
+        5,
+        5,
+        controller_size=32,
+        n_slots=128,
+        slot_size=40,
+        n_reads=4,
+        write_content=content,
+    )
+    rows = np.random.default_rng(0).random((30, 45), dtype=np.float32)
+    engines = [_engine(module, False, 1), _engine(module, True, n_threads)]
+    states = [NumpyMANN.state_to_numpy(module.initial_state(1)) for _ in engines]
+    bases = [e.prepare(s, rows[0, 40:]) for e, s in zip(engines, states)]
+    for inputs, following in zip(rows[:-1], rows[1:]):
+        out = []
+        for k, engine in enumerate(engines):
+            logits, pending = engine.step_one(inputs[:40], bases[k], states[k])
+            states[k], bases[k] = engine.commit_prepare(
+                pending, states[k], following[40:]
+            )
+            out.append([logits, bases[k], *states[k][:3], *states[k].memory])
+        for a, b in zip(*out, strict=True):
+            assert a.dtype == b.dtype == np.float32
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
