@@ -1,4 +1,4 @@
-"""Compiled (numba) kernels of the single-row streaming step.
+"""Compiled (numba) kernels of the streaming step and of batch prediction.
 
 :class:`sk_mann._numpy_step.NumpyMANN` streams one sample with ~45 NumPy calls,
 each with a fixed cost of 1-2 us, and reads 2.6 MB of weights per sample, more
@@ -9,6 +9,13 @@ controller unit: each thread always reads the same rows, so each core reads
 only its share of the weights (and keeps it cached where its cache allows).
 On the project's 2-core machine this is what pays: a sample's step is bound by
 reading the weights, not by arithmetic (``benchmarks/results/speed_notes.md``).
+
+For batch prediction (``NumpyMANN.predict_logits``), ``batch_read_weights``
+and ``batch_lstm`` replace the elementwise NumPy passes between the matrix
+products, which stay BLAS. Where a loop would call ``exp`` or ``tanh`` (scalar
+libm calls, which keep it from vectorising) float32 code uses
+:func:`_tanh_rational` and, for cosines, :func:`_exp_unit`: approximations
+made of multiplications and additions, tested against NumPy.
 
 numba is optional (``pip install sk_mann[fast]``). Without it, or with
 ``SK_MANN_JIT=0`` in the environment, :data:`AVAILABLE` is False and streaming
