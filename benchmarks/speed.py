@@ -366,16 +366,21 @@ def streaming(n: int, rounds: int = 3) -> dict:
     mann = models[None]
     rows = _stream(20000, seed=1, dicts=False)[2]
     mann.predict(rows[:2048])
-    rates = {None: [], 2: []}
+    # "numpy": the NumPy passes instead of the compiled ones (before/after).
+    settings = [None, 2] + (["numpy"] if _jit_step.AVAILABLE else [])
+    rates = {setting: [] for setting in settings}
     for _ in range(3):
-        for n_jobs in rates:
-            mann.set_params(n_jobs=n_jobs)
+        for setting in rates:
+            mann.set_params(n_jobs=2 if setting == 2 else None)
+            mann._numpy_.jit = setting != "numpy" and _jit_step.AVAILABLE
             t0 = time.perf_counter()
             mann.predict(rows)
-            rates[n_jobs].append(len(rows) / (time.perf_counter() - t0))
-    for n_jobs, key in ((None, ""), (2, "_n_jobs_2")):
-        res["batch_predict_rows_per_s" + key] = max(rates[n_jobs])
-        print(f"batch predict, n_jobs={n_jobs}: {max(rates[n_jobs]):.0f} rows/s")
+            rates[setting].append(len(rows) / (time.perf_counter() - t0))
+    mann._numpy_.jit = _jit_step.AVAILABLE
+    for setting, key in ((None, ""), (2, "_n_jobs_2"), ("numpy", "_numpy_passes")):
+        if setting in rates:
+            res["batch_predict_rows_per_s" + key] = max(rates[setting])
+            print(f"batch predict, {setting}: {max(rates[setting]):.0f} rows/s")
     return res
 
 
@@ -532,6 +537,14 @@ def write_markdown(p: dict) -> None:
             f"{p['streaming']['batch_predict_rows_per_s_n_jobs_2']:.0f} rows/s."
             if "batch_predict_rows_per_s_n_jobs_2" in p["streaming"]
             else "."
+        )
+        + (
+            " Before/after: with NumPy's elementwise passes instead of the "
+            "compiled memory read and LSTM cells (default `n_jobs`, alternated "
+            f"with the rows above): "
+            f"{p['streaming']['batch_predict_rows_per_s_numpy_passes']:.0f} rows/s."
+            if "batch_predict_rows_per_s_numpy_passes" in p["streaming"]
+            else ""
         ),
         "",
         "Weight traffic of one streamed sample (the floor of predict_one + "
