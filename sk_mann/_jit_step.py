@@ -385,7 +385,7 @@ if AVAILABLE:
         base = prepare(w_in, b_in, n_x, label, w_rec, rec, H, n_threads)
         return usage, least_used, base
 
-    @njit(**_JIT)
+    @njit(**_JIT, inline="always")  # in the caller's loop, so that it vectorises
     def _exp_unit(x):  # pragma: no cover - compiled
         """``exp(x)`` for ``|x| <= 2`` (a cosine) as ``p(x / 4) ** 4``.
 
@@ -485,7 +485,7 @@ if AVAILABLE:
                     SW[b, r, r2] = _dot(out, ww[r2])
         return read_w, SW
 
-    @njit(**_JIT)
+    @njit(**_JIT, inline="always")  # in the caller's loop, so that it vectorises
     def _tanh_rational(x):  # pragma: no cover - compiled
         """``tanh(x)`` by a rational function (float32; tested: abs error < 5e-7).
 
@@ -536,7 +536,7 @@ if AVAILABLE:
                 )
         return h, c
 
-    @njit(**_JIT)
+    @njit(**_JIT, inline="always")  # LLVM alone did not inline it (8x slower)
     def _lstm_cell(i, f, g, o, c_prev):  # pragma: no cover - compiled
         """``(h, c)`` of one LSTM unit from its gate pre-activations (float32).
 
