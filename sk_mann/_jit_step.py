@@ -216,6 +216,12 @@ if AVAILABLE:
         logits, new_memory, read_w, write_w = _read_and_output(h, hr[H:], *read_args)
         return logits, hr, c, new_memory, read_w, write_w
 
+    @njit(**_JIT, inline="always")
+    def _write_weights(gate, read_w_prev, least_used, out):  # pragma: no cover
+        """One head's LRUA write weights (eq. 7) into ``out`` (N,)."""
+        for i in range(out.shape[0]):
+            out[i] = gate * (read_w_prev[i] - least_used[i]) + least_used[i]
+
     @njit(**_JIT)
     def _read_and_output(  # pragma: no cover - compiled
         h,
@@ -261,9 +267,7 @@ if AVAILABLE:
         write_w = np.empty((R, N), memory.dtype)
         for r in range(R):
             g = one / (one + np.exp(-head[R * W + r]))
-            prev, out = read_w_prev[r], write_w[r]
-            for i in range(N):
-                out[i] = g * (prev[i] - least_used[i]) + least_used[i]
+            _write_weights(g, read_w_prev[r], least_used, write_w[r])
         new_memory = memory.copy()
         new_memory[np.argmin(usage)] = 0.0
         for i in range(N):
@@ -451,9 +455,7 @@ if AVAILABLE:
         dots = np.empty(N, A.dtype)
         for b in range(n):
             for r in range(R):
-                g = gate[b, r]
-                for i in range(N):
-                    ww[r, i] = g * (read_w_prev[r, i] - least_used[i]) + least_used[i]
+                _write_weights(gate[b, r], read_w_prev[r], least_used, ww[r])
             norm[:] = shared_norm2
             for r in range(R):
                 for i in range(N):

@@ -302,22 +302,9 @@ class NumpyMANN:
         write_w += lu  # (n, R, N)
         key_norm = np.sqrt(np.einsum("nrw,nrw->nr", keys, keys))  # (n, R)
         if m.read_after_write:
-            shared = mem.memory[0].copy()
-            shared[np.argmin(mem.usage[0])] = 0.0  # M', shared by all rows
-            A = (keys.reshape(n * R, W) @ shared.T).reshape(n, R, -1)  # k . M'_i
-            KC = np.matmul(keys, content.transpose(0, 2, 1))  # (n, R, R)
+            shared, A, P, KC, CC = self._shared_products(keys, content, mem)
             dots = np.matmul(KC, write_w)
             dots += A
-            P = (
-                A
-                if content is keys
-                else (content.reshape(n * R, W) @ shared.T).reshape(n, R, -1)
-            )
-            CC = (
-                KC
-                if content is keys
-                else np.matmul(content, content.transpose(0, 2, 1))
-            )
             cross = np.matmul(CC, write_w)
             cross += 2.0 * P
             cross *= write_w
@@ -347,6 +334,25 @@ class NumpyMANN:
         logits += self.b_out
         return logits
 
+    @staticmethod
+    def _shared_products(keys, content, mem) -> tuple:
+        """Products of ``n`` rows' heads with the memory they all write into.
+
+        Returns ``(M', A, P, KC, CC)``: ``M'`` the memory with its least-used
+        slot erased, ``A = k . M'_i`` and ``P = c . M'_i`` (n, R, N),
+        ``KC = k . c`` and ``CC = c . c`` (n, R, R); ``P`` is ``A`` and ``CC``
+        is ``KC`` when the content is the key.
+        """
+        n, R, W = keys.shape
+        shared = mem.memory[0].copy()
+        shared[np.argmin(mem.usage[0])] = 0.0  # M', shared by all rows
+        A = (keys.reshape(n * R, W) @ shared.T).reshape(n, R, -1)
+        KC = np.matmul(keys, content.transpose(0, 2, 1))
+        if content is keys:
+            return shared, A, A, KC, KC
+        P = (content.reshape(n * R, W) @ shared.T).reshape(n, R, -1)
+        return shared, A, P, KC, np.matmul(content, content.transpose(0, 2, 1))
+
     def _predict_logits_jit(self, h, keys, gate, content, mem) -> np.ndarray:
         """:meth:`predict_logits` (read after write) with the compiled read.
 
@@ -355,15 +361,7 @@ class NumpyMANN:
         compiled pass per row (:func:`sk_mann._jit_step.batch_read_weights`).
         """
         n, R, W = keys.shape
-        shared = mem.memory[0].copy()
-        shared[np.argmin(mem.usage[0])] = 0.0  # M', shared by all rows
-        A = (keys.reshape(n * R, W) @ shared.T).reshape(n, R, -1)
-        KC = np.matmul(keys, content.transpose(0, 2, 1))
-        if content is keys:
-            P, CC = A, KC
-        else:
-            P = (content.reshape(n * R, W) @ shared.T).reshape(n, R, -1)
-            CC = np.matmul(content, content.transpose(0, 2, 1))
+        shared, A, P, KC, CC = self._shared_products(keys, content, mem)
         read_w, SW = _jit_step.batch_read_weights(
             A,
             P,

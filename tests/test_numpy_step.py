@@ -203,12 +203,10 @@ def test_least_used_mask_is_a_stable_argsort(usage, dtype):
     np.testing.assert_array_equal(_jit_step._least_used(usage, 3), expected)
 
 
-@pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
-@pytest.mark.parametrize("content", ["key", "add"])
-def test_compiled_batch_read_equals_numpy_in_float32(content):
-    """The paper-size network in float32: the compiled read within rounding."""
+def _paper_memory_float32(content):
+    """A float32 network with the paper's memory (128 x 40, 4 heads), small LSTM."""
     torch.manual_seed(0)
-    module = MANN(
+    return MANN(
         40,
         5,
         5,
@@ -218,6 +216,13 @@ def test_compiled_batch_read_equals_numpy_in_float32(content):
         n_reads=4,
         write_content=content,
     )
+
+
+@pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("content", ["key", "add"])
+def test_compiled_batch_read_equals_numpy_in_float32(content):
+    """The paper-size network in float32: the compiled read within rounding."""
+    module = _paper_memory_float32(content)
     state = NumpyMANN.state_to_numpy(module.initial_state(1))
     numpy_engine, compiled = _engine(module, False, 1), _engine(module, True, 1)
     rows = np.random.default_rng(0).random((64, 45), dtype=np.float32)
@@ -258,17 +263,7 @@ def test_rational_tanh_in_float32():
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_compiled_float32_stream_equals_numpy(content, n_threads):
     """float32 streaming (rational tanh, polynomial exp) within rounding."""
-    torch.manual_seed(0)
-    module = MANN(
-        40,
-        5,
-        5,
-        controller_size=32,
-        n_slots=128,
-        slot_size=40,
-        n_reads=4,
-        write_content=content,
-    )
+    module = _paper_memory_float32(content)
     rows = np.random.default_rng(0).random((30, 45), dtype=np.float32)
     engines = [_engine(module, False, 1), _engine(module, True, n_threads)]
     states = [NumpyMANN.state_to_numpy(module.initial_state(1)) for _ in engines]
