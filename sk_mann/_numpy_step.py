@@ -44,8 +44,11 @@ class PendingStep(NamedTuple):
     reads: np.ndarray  # (R * W,)
     memory: np.ndarray  # (N, W), M_t
     read_weights: np.ndarray  # (R, N)
-    write_weights: np.ndarray  # (R, N)
+    write_weights: np.ndarray | None  # (R, N); None where usage is given
     hr: np.ndarray | None = None  # (H + R * W,), [h; reads] in one buffer
+    base: np.ndarray | None = None  # the step's gate terms without x
+    usage: np.ndarray | None = None  # (N,) the usage it leaves, if computed
+    least_used: np.ndarray | None = None  # (N,) and its least-used mask
 
 
 def _committed(pending: PendingStep, usage, least_used) -> MANNState:
@@ -123,6 +126,8 @@ class NumpyMANN:
         #: Scratch space of the estimator streaming through this engine.
         self.memo: tuple | None = None
         self.row_memo: tuple = ((), None)
+        #: ``(h, [h; reads])`` of the last committed state (see ``_rec_of``).
+        self._last_rec: tuple = (None, None)
 
     def weights_version(self) -> tuple:
         """Torch's version counters of the weights: they change on in-place updates."""
@@ -390,9 +395,17 @@ class NumpyMANN:
         state : MANNState of NumPy arrays, batch 1
         label : ndarray of shape (1, n_label_inputs) or (n_label_inputs,)
         """
-        if self.jit:  # the same kernel as commit_prepare: the same rounding
+        if self.jit:  # the same sums as the compiled step's
+            rec, w_rec = self._rec_of(state)
             return _jit_step.prepare(
-                *self._prepare_args(state.h[0], state.reads[0], label)
+                self.w_in,
+                self.b_in,
+                self._n_x,
+                self._label_row(label),
+                w_rec,
+                rec,
+                self._H,
+                self.n_threads,
             )
         base = self.b_in + np.ravel(label) @ self.w_label_t
         if self.w_rec_t is not None:
@@ -400,21 +413,28 @@ class NumpyMANN:
         return base
 
     def step_one(
-        self, x: np.ndarray, base: np.ndarray, state: MANNState
+        self,
+        x: np.ndarray,
+        state: MANNState,
+        label: np.ndarray,
+        base: np.ndarray | None = None,
     ) -> tuple[np.ndarray, PendingStep]:
-        """One step for one row, from ``base = prepare(state, label)``.
+        """One step for one row, from a batch-1 state and the previous label.
 
         The same step as :meth:`step` (which stays the reference), written for a
-        single row with as few NumPy calls as possible: at this size each call's
+        single row with as few calls as possible: at this size each call's
         fixed cost, not arithmetic, is the price.
 
         Parameters
         ----------
         x : ndarray of shape (n_inputs,)
             Features of this step, in the network's dtype.
-        base : ndarray
-            :meth:`prepare` of ``state`` and the previous label.
         state : MANNState of NumPy arrays, batch 1
+        label : ndarray of shape (n_label_inputs,) or (1, n_label_inputs)
+            The previous label's vector.
+        base : ndarray, optional
+            :meth:`prepare` of ``state`` and ``label``, if already known (a
+            step computes it otherwise, and returns it as ``pending.base``).
 
         Returns
         -------
@@ -425,17 +445,28 @@ class NumpyMANN:
         m = self.m
         if self.jit:
             mem = state.memory
-            logits, hr, c, memory, read_w, write_w = _jit_step.step(
-                self.w_in,
+            have_base = base is not None
+            if not have_base:
+                base = np.empty(self.b_in.shape[0], self.dtype)
+            rec, w_rec = self._rec_of(state)
+            logits, hr, c, memory, read_w, usage, least_used = _jit_step.step(
                 x,
                 base,
+                have_base,
+                self._label_row(label),
+                rec,
                 state.c[0],
+                mem.usage[0],
+                self._gamma,
+                m.n_reads,
                 self._lstm,
                 self.n_threads,
+                self.w_in,
+                self.b_in,
+                w_rec,
                 self.w_head,
                 self.b_head,
                 mem.memory[0],
-                mem.usage[0],
                 mem.read_weights[0],
                 mem.least_used[0],
                 self.w_out,
@@ -444,8 +475,12 @@ class NumpyMANN:
                 self._read_after_write,
             )
             H = self._H
-            step = PendingStep(hr[:H], c, hr[H:], memory, read_w, write_w, hr)
+            step = PendingStep(
+                hr[:H], c, hr[H:], memory, read_w, None, hr, base, usage, least_used
+            )
             return logits, step
+        if base is None:
+            base = self.prepare(state, label)
         R, W, H = m.n_reads, m.slot_size, m.controller_size
         gates = x @ self.w_x_t
         gates += base
@@ -486,10 +521,14 @@ class NumpyMANN:
         logits = h @ self.w_out_h_t
         logits += reads @ self.w_out_r_t
         logits += self.b_out
-        return logits, PendingStep(h, c, reads, memory, sim, write_w)
+        return logits, PendingStep(h, c, reads, memory, sim, write_w, None, base)
 
     def commit(self, pending: PendingStep, state: MANNState) -> MANNState:
         """The state after a :meth:`step_one` of ``state`` (batch 1)."""
+        if pending.usage is not None:  # the compiled step computed it
+            new = _committed(pending, pending.usage, pending.least_used)
+            self._last_rec = (new.h, pending.hr)
+            return new
         m = self.m
         usage = pending.read_weights.sum(axis=0)
         usage += pending.write_weights.sum(axis=0)
@@ -498,59 +537,30 @@ class NumpyMANN:
         least_used[np.argsort(usage, kind="stable")[: m.n_reads]] = 1.0
         return _committed(pending, usage, least_used)
 
-    def commit_prepare(
-        self, pending: PendingStep, state: MANNState, label: np.ndarray
-    ) -> tuple[MANNState, np.ndarray]:
-        """:meth:`commit` then :meth:`prepare` of the new state and ``label``."""
-        if not self.jit:
-            new = self.commit(pending, state)
-            return new, self.prepare(new, label)
-        usage, least_used, base = _jit_step.commit_prepare(
-            state.memory.usage[0],
-            pending.read_weights,
-            pending.write_weights,
-            self._gamma,
-            self.m.n_reads,
-            *self._prepare_args(pending.h, pending.reads, label, pending.hr),
-        )
-        return _committed(pending, usage, least_used), base
+    def _rec_of(self, state: MANNState) -> tuple:
+        """``(rec, w_rec)`` of a batch-1 state for the compiled kernels.
 
-    def _rec_input(
-        self, h: np.ndarray, reads: np.ndarray, hr: np.ndarray | None = None
-    ) -> np.ndarray:
-        """``[h; reads]`` of one row as the recurrent projection reads it.
-
-        ``hr``, when given, already is ``[h; reads]`` in one buffer.
+        ``rec`` is ``[h; reads]`` as the recurrent projection reads it (empty,
+        with ``w_rec`` any weight matrix, when the network has none). The
+        buffer a commit left is reused for the state it built.
         """
-        m = self.m
-        if hr is not None and self._lstm and m.read_feedback:
-            return hr
-        parts = ([h] if self._lstm else []) + ([reads] if m.read_feedback else [])
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    def _prepare_args(
-        self,
-        h: np.ndarray,
-        reads: np.ndarray,
-        label: np.ndarray,
-        hr: np.ndarray | None = None,
-    ) -> tuple:
-        """Arguments of the compiled ``prepare`` for a state's ``h`` and reads."""
         if self.w_rec is None:
-            rec, w_rec = self.b_in[:0], self.w_in
-        else:
-            rec, w_rec = self._rec_input(h, reads, hr), self.w_rec
+            return self.b_in[:0], self.w_in
+        last_h, hr = self._last_rec
+        if state.h is last_h and self._lstm and self.m.read_feedback:
+            return hr, self.w_rec
+        return self._rec_input(state.h[0], state.reads[0]), self.w_rec
+
+    def _label_row(self, label: np.ndarray) -> np.ndarray:
+        """A label vector as the kernels read it: 1-D, in the network's dtype."""
         if label.ndim != 1:  # (1, width): the row view
             label = label.reshape(-1)
         if label.dtype != self.dtype:
             label = label.astype(self.dtype)
-        return (
-            self.w_in,
-            self.b_in,
-            self._n_x,
-            label,
-            w_rec,
-            rec,
-            self._H,
-            self.n_threads,
-        )
+        return label
+
+    def _rec_input(self, h: np.ndarray, reads: np.ndarray) -> np.ndarray:
+        """``[h; reads]`` of one row as the recurrent projection reads it."""
+        m = self.m
+        parts = ([h] if self._lstm else []) + ([reads] if m.read_feedback else [])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -24,6 +24,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
+from . import _jit_step
 from . import pretrained as _pretrained
 from ._numpy_step import NumpyMANN
 from .episodes import EpisodeSampler
@@ -70,7 +71,8 @@ class _StreamMemo(NamedTuple):
     prev_code: int
     weights_version: tuple
     np_state: Any  # NumPy views of ``state``
-    base: np.ndarray  # gate terms of the next step that do not depend on x
+    label: np.ndarray  # the vector of ``prev_code``
+    base: np.ndarray | None  # the next step's gate terms without x, once known
     pending: tuple | None = None  # (row, x, step) of the last one-row prediction
 
 
@@ -571,15 +573,17 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         return np.repeat(vec, n, axis=0) if n > 1 else vec
 
     def _stream_cache(self) -> _StreamMemo:
-        """The NumPy view of ``_state_`` and the next step's gate base, memoised.
+        """The NumPy view of ``_state_`` and the previous label, memoised.
 
         Valid while ``_state_``, ``prev_code_`` and the weights (torch's version
         counters: in-place updates count) are the ones it was built from;
-        rebuilt otherwise. ``pending`` is the last one-row prediction, which
-        :meth:`_write` commits instead of recomputing when the same row is then
-        learnt (River's predict-then-learn loop). The memo lives on the NumPy
-        engine, outside the estimator's ``__dict__``: predictions leave the
-        estimator as it was, and pickles and copies rebuild it.
+        rebuilt otherwise. ``base``, the next step's gate terms that do not
+        depend on its input, is kept once a step has computed it. ``pending``
+        is the last one-row prediction, which :meth:`_write` commits instead of
+        recomputing when the same row is then learnt (River's
+        predict-then-learn loop). The memo lives on the NumPy engine, outside
+        the estimator's ``__dict__``: predictions leave the estimator as it
+        was, and pickles and copies rebuild it.
         """
         fast = self._numpy_
         fast.n_threads = self._stream_threads()  # n_jobs may have been reset
@@ -593,8 +597,10 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             np_state = self._state_
             if isinstance(np_state.h, torch.Tensor):  # fresh, or loaded
                 np_state = NumpyMANN.state_to_numpy(np_state)
-            base = fast.prepare(np_state, self._label_vector(self.prev_code_))
-            memo = _StreamMemo(self._state_, self.prev_code_, version, np_state, base)
+            label = self._label_vector(self.prev_code_)
+            memo = _StreamMemo(
+                self._state_, self.prev_code_, version, np_state, label, None
+            )
             fast.memo = memo
         return memo
 
@@ -609,8 +615,8 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         """Logits of one row on the NumPy path; remembers the step for learn_one."""
         memo = self._stream_cache()
         x = np.ascontiguousarray(row, dtype=self._numpy_.dtype)
-        logits, step = self._numpy_.step_one(x, memo.base, memo.np_state)
-        self._numpy_.memo = _StreamMemo(*memo[:5], (row, x, step))
+        logits, step = self._numpy_.step_one(x, memo.np_state, memo.label, memo.base)
+        self._numpy_.memo = _StreamMemo(*memo[:5], step.base, (row, x, step))
         return logits
 
     def _write(self, X: np.ndarray, y) -> None:
@@ -635,14 +641,19 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             if pending is not None and np.array_equal(pending[1], x):
                 step = pending[2]
             else:
-                _, step = fast.step_one(x, memo.base, memo.np_state)
+                _, step = fast.step_one(x, memo.np_state, memo.label, memo.base)
+        new = fast.commit(step, memo.np_state)
         self.prev_code_ = self._bind(label)
-        new, base = fast.commit_prepare(
-            step, memo.np_state, self._label_vector(self.prev_code_)
-        )
         # On the NumPy path the state stays NumPy arrays (pickled as such).
         self._state_ = new
-        fast.memo = _StreamMemo(new, self.prev_code_, memo.weights_version, new, base)
+        fast.memo = _StreamMemo(
+            new,
+            self.prev_code_,
+            memo.weights_version,
+            new,
+            self._label_vector(self.prev_code_),
+            None,
+        )
 
     @torch.no_grad()
     def _write_torch(self, X: np.ndarray, y) -> None:
@@ -667,6 +678,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         if self._numpy_ is not None:
             memo = self._stream_cache()
             np_state, base = memo.np_state, memo.base
+            if base is None:
+                base = self._numpy_.prepare(np_state, memo.label)
+                self._numpy_.memo = memo._replace(base=base)
             columns = self.scheme_.output_columns(codes)
 
             def score(start: int) -> None:
@@ -789,10 +803,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                 # faster than np.fromiter; a value out of float32's range, or
                 # not a number, raises and takes the general path below.
                 dtype = np.float64 if fast is None else fast.dtype
-                code = "f" if dtype == np.float32 else "d"
-                packed = struct.pack(f"{self.n_features_in_}{code}", *values)
+                packed = _row_struct(len(values), dtype == np.float32).pack(*values)
                 row = np.frombuffer(packed, dtype)
-                if np.isfinite(row).all():
+                if _all_finite(row):
                     row.flags.writeable = False
                     if fast is not None:
                         fast.row_memo = (values, row)
@@ -972,7 +985,6 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         return self
 
     # -------------------------------------------------------------- River API
-    @_atomic
     def learn_one(self, x: dict, y) -> None:
         """Write one sample to memory (River API); see :meth:`partial_fit`.
 
@@ -984,6 +996,24 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         y : hashable
             The class; any hashable value.
         """
+        fast = self.__dict__.get("_numpy_")
+        if fast is not None and type(x) is dict:
+            try:
+                bound = _key(y) in self.bindings_
+            except TypeError:  # unhashable: the general path says so
+                bound = False
+            if bound:
+                # A class already bound to a code: nothing can fail once the
+                # estimator starts to change (the row is converted, checked and
+                # stepped first; binding a bound class only reorders), so no
+                # snapshot to restore is needed.
+                self._write_one(self._dict_to_row(x), y)
+                return
+        self._learn_one(x, y)
+
+    @_atomic
+    def _learn_one(self, x: dict, y) -> None:
+        """:meth:`learn_one`, every case (restores the estimator if it raises)."""
         _check_dict(x, "learn_one")
         if isinstance(y, float) and math.isnan(y) or y is None:
             raise ValueError(
@@ -1108,6 +1138,20 @@ _INTERNAL_DIRS = tuple(
     os.path.dirname(m.__file__) + os.sep
     for m in (sys.modules[__name__.rpartition(".")[0]], torch, sys.modules["sklearn"])
 )
+
+
+@functools.cache
+def _row_struct(n: int, single: bool) -> struct.Struct:
+    """Packer of ``n`` floats as float32 (``single``) or float64."""
+    return struct.Struct(f"{n}{'f' if single else 'd'}")
+
+
+def _all_finite_numpy(row: np.ndarray) -> bool:
+    return bool(np.isfinite(row).all())
+
+
+#: Whether a 1-D row holds no NaN or infinity (one compiled pass where numba is).
+_all_finite = _jit_step.all_finite if _jit_step.AVAILABLE else _all_finite_numpy
 
 
 def _check_dict(x, method: str) -> None:

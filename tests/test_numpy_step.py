@@ -106,18 +106,20 @@ def _engine(module, jit, n_threads):
 def test_single_row_step_equals_step(
     controller, feedback, content, raw, jit, n_threads
 ):
-    """prepare + step_one + commit_prepare is the reference step, values and state."""
+    """step_one + commit is the reference step, values and state."""
     module = _small(controller, feedback, content, raw)
     fast = _engine(module, jit, n_threads)
     ref = one = NumpyMANN.state_to_numpy(module.initial_state(1))
-    stream = _stream(module, 21).numpy()[:, 0]
-    base = fast.prepare(one, stream[0, 12:])
-    for inputs, following in zip(stream[:-1], stream[1:]):
+    for inputs in _stream(module, 20).numpy()[:, 0]:
+        x, label = inputs[:12], inputs[12:]
         logits_ref, ref = fast.step(inputs[None], ref)
-        logits, pending = fast.step_one(inputs[:12], base, one)
-        # The commit also gives the next step's gate terms (its label is known).
-        one, base = fast.commit_prepare(pending, one, following[12:])
-        np.testing.assert_allclose(base, fast.prepare(one, following[12:]), rtol=1e-9)
+        logits, pending = fast.step_one(x, one, label)
+        # The step's gate terms without x are prepare's; given, the same logits.
+        base = fast.prepare(one, label)
+        np.testing.assert_allclose(pending.base, base, rtol=1e-9)
+        logits_cached, _ = fast.step_one(x, one, label, base)
+        np.testing.assert_array_equal(logits_cached, logits)
+        one = fast.commit(pending, one)
         np.testing.assert_allclose(logits, logits_ref[0], rtol=1e-9, atol=1e-10)
         for a, b in zip([*one[:3], *one.memory], [*ref[:3], *ref.memory], strict=True):
             assert a.shape == b.shape
@@ -131,7 +133,7 @@ def test_single_row_step_leaves_its_state_alone():
     for inputs in _stream(module, 4):
         x, label = inputs.numpy()[0, :12], inputs.numpy()[0, 12:]
         before = [a.copy() for a in (*state[:3], *state.memory)]
-        _, pending = fast.step_one(x, fast.prepare(state, label), state)
+        _, pending = fast.step_one(x, state, label)
         for a, b in zip(before, (*state[:3], *state.memory), strict=True):
             np.testing.assert_array_equal(a, b)
         state = fast.commit(pending, state)
@@ -172,12 +174,11 @@ def test_compiled_step_does_not_depend_on_the_thread_split(controller):
     for n_threads in (1, 2, 3):
         fast = _engine(module, True, n_threads)
         state = NumpyMANN.state_to_numpy(module.initial_state(1))
-        base = fast.prepare(state, stream[0, 12:])
         out = []
-        for inputs, following in zip(stream[:-1], stream[1:]):
-            logits, pending = fast.step_one(inputs[:12], base, state)
-            state, base = fast.commit_prepare(pending, state, following[12:])
-            out += [logits, base, *state[:3], *state.memory]
+        for inputs in stream:
+            logits, pending = fast.step_one(inputs[:12], state, inputs[12:])
+            state = fast.commit(pending, state)
+            out += [logits, pending.base, *state[:3], *state.memory]
         results.append(out)
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
@@ -201,6 +202,31 @@ def test_least_used_mask_is_a_stable_argsort(usage, dtype):
     expected = np.zeros_like(usage)
     expected[np.argsort(usage, kind="stable")[:3]] = 1.0
     np.testing.assert_array_equal(_jit_step._least_used(usage, 3), expected)
+
+
+@pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("n", [1, 2, 4, 5])
+def test_least_used_mask_on_random_usages_with_ties(n):
+    rng = np.random.default_rng(n)
+    for _ in range(200):
+        usage = rng.integers(0, 4, size=rng.integers(1, 12)).astype(np.float64)
+        usage[rng.random(usage.shape) < 0.1] = np.nan
+        expected = np.zeros_like(usage)
+        expected[np.argsort(usage, kind="stable")[:n]] = 1.0
+        np.testing.assert_array_equal(_jit_step._least_used(usage, n), expected)
+
+
+@pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_finite_is_numpys_isfinite_all(dtype):
+    rng = np.random.default_rng(0)
+    for size in [0, 1, 7, 16, 33, 400]:
+        for bad in [None, np.nan, np.inf, -np.inf]:
+            row = (rng.standard_normal(size) * 1e30).astype(dtype)
+            if bad is not None and size:
+                row[rng.integers(size)] = bad
+            assert _jit_step.all_finite(row) == bool(np.isfinite(row).all())
+    assert _jit_step.all_finite(np.array([np.finfo(dtype).max] * 3, dtype))
 
 
 def _paper_memory_float32(content):
@@ -267,15 +293,12 @@ def test_compiled_float32_stream_equals_numpy(content, n_threads):
     rows = np.random.default_rng(0).random((30, 45), dtype=np.float32)
     engines = [_engine(module, False, 1), _engine(module, True, n_threads)]
     states = [NumpyMANN.state_to_numpy(module.initial_state(1)) for _ in engines]
-    bases = [e.prepare(s, rows[0, 40:]) for e, s in zip(engines, states)]
-    for inputs, following in zip(rows[:-1], rows[1:]):
+    for inputs in rows:
         out = []
         for k, engine in enumerate(engines):
-            logits, pending = engine.step_one(inputs[:40], bases[k], states[k])
-            states[k], bases[k] = engine.commit_prepare(
-                pending, states[k], following[40:]
-            )
-            out.append([logits, bases[k], *states[k][:3], *states[k].memory])
+            logits, pending = engine.step_one(inputs[:40], states[k], inputs[40:])
+            states[k] = engine.commit(pending, states[k])
+            out.append([logits, pending.base, *states[k][:3], *states[k].memory])
         for a, b in zip(*out, strict=True):
             assert a.dtype == b.dtype == np.float32
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
