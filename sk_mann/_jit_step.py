@@ -123,19 +123,26 @@ if AVAILABLE:
         return s0, s1, s2, s3
 
     @njit(**_JIT)
-    def _gemv(w, start, v, lo, hi, out):  # pragma: no cover - compiled
-        """``out[j] += w[j, start:start + len(v)] . v`` for rows ``lo:hi``."""
-        j = lo
-        while j + 4 <= hi:
-            s0, s1, s2, s3 = _dot4(w, j, j + 1, j + 2, j + 3, start, v)
-            out[j] += s0
-            out[j + 1] += s1
-            out[j + 2] += s2
-            out[j + 3] += s3
+    def _gemv(w, start, v, lo, hi, out, reverse=False):  # pragma: no cover
+        """``out[j] += w[j, start:start + len(v)] . v`` for rows ``lo:hi``.
+
+        Rows four at a time, from ``lo`` up (or from ``hi`` down if
+        ``reverse``); a row's sum is the same either way.
+        """
+        n = hi - lo
+        j = 0
+        while j + 4 <= n:
+            r = hi - 4 - j if reverse else lo + j
+            s0, s1, s2, s3 = _dot4(w, r, r + 1, r + 2, r + 3, start, v)
+            out[r] += s0
+            out[r + 1] += s1
+            out[r + 2] += s2
+            out[r + 3] += s3
             j += 4
-        while j < hi:  # the same reduction as in a block of four: a row's sum
-            s0, _, _, _ = _dot4(w, j, j, j, j, start, v)  # ignores the split
-            out[j] += s0
+        while j < n:  # the same reduction as in a block of four: a row's sum
+            r = hi - 1 - j if reverse else lo + j
+            s0, _, _, _ = _dot4(w, r, r, r, r, start, v)  # ignores the split
+            out[r] += s0
             j += 1
 
     @njit(**_JIT)
@@ -152,49 +159,70 @@ if AVAILABLE:
 
     @njit(**_JIT)
     def _units(  # pragma: no cover - compiled
-        lo, hi, w_in, x, base, have_base, b_in, label, w_rec, rec, c_prev, lstm, h, c
+        lo,
+        hi,
+        w_in,
+        x,
+        base,
+        have_base,
+        b_in,
+        label,
+        w_rec,
+        rec,
+        c_prev,
+        lstm,
+        h,
+        c,
+        reverse,
     ):
         """Controller units ``lo:hi``: their gate rows, then ``h`` and ``c``.
 
         ``base`` holds the gate terms that do not depend on ``x`` (see
         :func:`prepare`); unless ``have_base``, those of the units' rows are
-        computed into it first.
+        computed into it too. ``reverse`` reads the weights in the opposite
+        order (the results are the same bits): alternate steps do, so that a
+        step starts with the weights the previous one read last, still in
+        cache when a core's share of them is larger than its cache.
         """
         H = h.shape[0]
         one = base.dtype.type(1.0)  # keeps float32 math in float32
         n_gates = base.shape[0] // H
-        if not have_base:
-            _base_rows(
-                lo, hi, H, n_gates, w_in, b_in, x.shape[0], label, w_rec, rec, base
-            )
+        args = (lo, hi, H, n_gates, w_in, b_in, x.shape[0], label, w_rec, rec, base)
+        if not have_base and not reverse:
+            _base_rows(*args, False)
         if not lstm:  # one gate row per unit
-            h[lo:hi] = base[lo:hi]
-            _gemv(w_in, 0, x, lo, hi, h)
+            pre = np.zeros(H, base.dtype)
+            _gemv(w_in, 0, x, lo, hi, pre)
+            if not have_base and reverse:
+                _base_rows(*args, True)
             for u in range(lo, hi):
-                h[u] = _tanh(h[u], one)
+                h[u] = _tanh(pre[u] + base[u], one)
                 c[u] = c_prev[u]
             return
-        if base.itemsize == 4:  # float32: gate sums, then one vectorised pass
-            pre = np.empty((4, hi - lo), base.dtype)
-            for u in range(lo, hi):
-                i, f, g, o = _dot4(w_in, u, H + u, 2 * H + u, 3 * H + u, 0, x)
-                pre[0, u - lo], pre[1, u - lo] = i + base[u], f + base[H + u]
-                pre[2, u - lo] = g + base[2 * H + u]
-                pre[3, u - lo] = o + base[3 * H + u]
-            hv, cv, cp = h[lo:hi], c[lo:hi], c_prev[lo:hi]
+        pre = np.empty((4, hi - lo), base.dtype)  # the gates' x products
+        for k in range(hi - lo):
+            u = hi - 1 - k if reverse else lo + k
+            i, f, g, o = _dot4(w_in, u, H + u, 2 * H + u, 3 * H + u, 0, x)
+            pre[0, u - lo], pre[1, u - lo], pre[2, u - lo] = i, f, g
+            pre[3, u - lo] = o
+        if not have_base and reverse:
+            _base_rows(*args, True)
+        for gate in range(4):
+            for k in range(hi - lo):
+                pre[gate, k] += base[gate * H + lo + k]
+        hv, cv, cp = h[lo:hi], c[lo:hi], c_prev[lo:hi]
+        if base.itemsize == 4:  # float32: one vectorised pass
             for k in range(hi - lo):
                 hv[k], cv[k] = _lstm_cell(
                     pre[0, k], pre[1, k], pre[2, k], pre[3, k], cp[k]
                 )
             return
-        for u in range(lo, hi):
-            i, f, g, o = _dot4(w_in, u, H + u, 2 * H + u, 3 * H + u, 0, x)
-            i = one / (one + np.exp(-(i + base[u])))
-            f = one / (one + np.exp(-(f + base[H + u])))
-            g = _tanh(g + base[2 * H + u], one)
-            o = one / (one + np.exp(-(o + base[3 * H + u])))
-            c[u] = f * c_prev[u] + i * g
-            h[u] = o * _tanh(c[u], one)
+        for k in range(hi - lo):
+            i = one / (one + np.exp(-pre[0, k]))
+            f = one / (one + np.exp(-pre[1, k]))
+            o = one / (one + np.exp(-pre[3, k]))
+            cv[k] = f * cp[k] + i * _tanh(pre[2, k], one)
+            hv[k] = o * _tanh(cv[k], one)
 
     @njit(**_JIT, parallel=True)
     def step(  # pragma: no cover - compiled
@@ -209,6 +237,7 @@ if AVAILABLE:
         n_reads,
         lstm,
         n_threads,
+        reverse,
         w_in,
         b_in,
         w_rec,
@@ -240,6 +269,9 @@ if AVAILABLE:
         lstm : bool
         n_threads : int
             Split of the units over threads (1: no threading).
+        reverse : bool
+            Read the controller's weights in the opposite order (same result;
+            see :func:`_units`).
         w_in, b_in, w_rec : the controller's weights (torch layout)
         *read_args
             ``w_head, b_head, memory, read_w_prev, least_used, w_out, b_out,
@@ -262,7 +294,8 @@ if AVAILABLE:
         hr = np.empty(H + read_w_prev.shape[0] * memory.shape[1], base.dtype)
         h = hr[:H]
         c = np.empty(H, base.dtype)
-        units = (w_in, x, base, have_base, b_in, label, w_rec, rec, c_prev, lstm, h, c)
+        units = (w_in, x, base, have_base, b_in, label, w_rec, rec, c_prev, lstm)
+        units = (*units, h, c, reverse)
         if n_threads <= 1:
             _units(0, H, *units)
         else:
@@ -389,13 +422,20 @@ if AVAILABLE:
         return logits, new_memory, read_w, write_w
 
     @njit(**_JIT)
-    def _base_rows(lo, hi, H, n_gates, w_in, b_in, n_x, label, w_rec, rec, base):
-        """Gate rows of units ``lo:hi``: ``b + W_label y + W_rec rec``."""
-        for g in range(n_gates):  # pragma: no cover - compiled
-            base[g * H + lo : g * H + hi] = b_in[g * H + lo : g * H + hi]
-            _gemv(w_in, n_x, label, g * H + lo, g * H + hi, base)
+    def _base_rows(  # pragma: no cover - compiled
+        lo, hi, H, n_gates, w_in, b_in, n_x, label, w_rec, rec, base, reverse
+    ):
+        """Gate rows of units ``lo:hi``: ``b + W_label y + W_rec rec``.
+
+        ``reverse``: the gates and rows in the opposite order (same sums).
+        """
+        for k in range(n_gates):
+            g = n_gates - 1 - k if reverse else k
+            rows = g * H + lo, g * H + hi
+            base[rows[0] : rows[1]] = b_in[rows[0] : rows[1]]
+            _gemv(w_in, n_x, label, rows[0], rows[1], base, reverse)
             if rec.shape[0] > 0:
-                _gemv(w_rec, 0, rec, g * H + lo, g * H + hi, base)
+                _gemv(w_rec, 0, rec, rows[0], rows[1], base, reverse)
 
     @njit(**_JIT, parallel=True)
     def prepare(w_in, b_in, n_x, label, w_rec, rec, H, n_threads):  # pragma: no cover
@@ -408,12 +448,12 @@ if AVAILABLE:
         G = b_in.shape[0]
         n_gates = G // H
         base = np.empty(G, b_in.dtype)
+        rows = (H, n_gates, w_in, b_in, n_x, label, w_rec, rec, base, False)
         if n_threads <= 1:
-            _base_rows(0, H, H, n_gates, w_in, b_in, n_x, label, w_rec, rec, base)
+            _base_rows(0, H, *rows)
         else:
             for t in prange(n_threads):
-                lo, hi = t * H // n_threads, (t + 1) * H // n_threads
-                _base_rows(lo, hi, H, n_gates, w_in, b_in, n_x, label, w_rec, rec, base)
+                _base_rows(t * H // n_threads, (t + 1) * H // n_threads, *rows)
         return base
 
     @njit(cache=True, nogil=True, error_model="numpy")

@@ -126,6 +126,8 @@ class NumpyMANN:
         #: Scratch space of the estimator streaming through this engine.
         self.memo: tuple | None = None
         self.row_memo: tuple = ((), None)
+        #: Whether the last compiled step read the weights backwards.
+        self._reverse = False
         #: ``(h, [h; reads])`` of the last committed state (see ``_rec_of``).
         self._last_rec: tuple = (None, None)
 
@@ -444,6 +446,8 @@ class NumpyMANN:
         """
         m = self.m
         if self.jit:
+            # Alternate steps read the weights backwards (see _jit_step._units).
+            self._reverse = not self._reverse
             mem = state.memory
             have_base = base is not None
             if not have_base:
@@ -461,6 +465,7 @@ class NumpyMANN:
                 m.n_reads,
                 self._lstm,
                 self.n_threads,
+                self._reverse,
                 self.w_in,
                 self.b_in,
                 w_rec,

@@ -186,6 +186,29 @@ def test_compiled_step_does_not_depend_on_the_thread_split(controller):
 
 
 @pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("controller", ["lstm", "ff"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_step_reads_weights_backwards_with_the_same_bits(controller, dtype):
+    """Alternate steps read the weights in reverse order: the same results."""
+    module = _small(controller, True, "add", True).to(torch.float64)
+    module = module.float() if dtype == np.float32 else module
+    stream = _stream(module, 8).numpy()[:, 0].astype(dtype)
+    results = []
+    for start_reversed in (False, True):
+        fast = _engine(module, True, 2)
+        fast._reverse = start_reversed  # flipped before each step
+        state = NumpyMANN.state_to_numpy(module.initial_state(1))
+        out = []
+        for inputs in stream:
+            logits, pending = fast.step_one(inputs[:12], state, inputs[12:])
+            state = fast.commit(pending, state)
+            out += [logits, pending.base, *state[:3], *state.memory]
+        results.append(out)
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
 @pytest.mark.parametrize(
     "usage",
     [
