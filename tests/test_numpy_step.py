@@ -164,22 +164,24 @@ def test_factored_predict_equals_step(controller, feedback, content, raw, jit):
     )
 
 
+def _streamed(fast, module, stream):
+    """Everything a single-row stream through ``fast`` produces, step by step."""
+    state = NumpyMANN.state_to_numpy(module.initial_state(1))
+    out = []
+    for inputs in stream:
+        logits, pending = fast.step_one(inputs[:12], state, inputs[12:])
+        state = fast.commit(pending, state)
+        out += [logits, pending.base, *state[:3], *state.memory]
+    return out
+
+
 @pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
 @pytest.mark.parametrize("controller", ["lstm", "ff"])
 def test_compiled_step_does_not_depend_on_the_thread_split(controller):
     """Any number of threads gives the same bits (a row's sum never changes)."""
     module = _small(controller, True, "add", True).float()  # 16 units: uneven splits
     stream = _stream(module, 8).numpy()[:, 0].astype(np.float32)
-    results = []
-    for n_threads in (1, 2, 3):
-        fast = _engine(module, True, n_threads)
-        state = NumpyMANN.state_to_numpy(module.initial_state(1))
-        out = []
-        for inputs in stream:
-            logits, pending = fast.step_one(inputs[:12], state, inputs[12:])
-            state = fast.commit(pending, state)
-            out += [logits, pending.base, *state[:3], *state.memory]
-        results.append(out)
+    results = [_streamed(_engine(module, True, n), module, stream) for n in (1, 2, 3)]
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             np.testing.assert_array_equal(a, b)
@@ -197,13 +199,7 @@ def test_compiled_step_reads_weights_backwards_with_the_same_bits(controller, dt
     for start_reversed in (False, True):
         fast = _engine(module, True, 2)
         fast._reverse = start_reversed  # flipped before each step
-        state = NumpyMANN.state_to_numpy(module.initial_state(1))
-        out = []
-        for inputs in stream:
-            logits, pending = fast.step_one(inputs[:12], state, inputs[12:])
-            state = fast.commit(pending, state)
-            out += [logits, pending.base, *state[:3], *state.memory]
-        results.append(out)
+        results.append(_streamed(fast, module, stream))
     for a, b in zip(*results, strict=True):
         np.testing.assert_array_equal(a, b)
 
