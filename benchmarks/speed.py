@@ -297,43 +297,72 @@ class _SklearnStream:
         self.knn.fit(np.stack(self.X), self.y)
 
 
-def streaming(n: int, rounds: int = 3) -> dict:
-    """Public-API latency of the MANN (best of ``rounds``) and of the baselines.
+class StreamingRounds:
+    """Public-API latency of the MANN, in rounds spread over the whole run.
 
     The machine is shared: a slow phase of the host can double every latency
-    for a minute. Each round streams ``n`` new samples through both ``n_jobs``
-    settings in alternating blocks of 200 (so that both are read under the same
-    load); the round with the lowest median is reported, with every round's
-    median alongside, as ``timeit`` reports the best of its repeats.
+    for minutes. So the MANN's rounds are not run back to back: ``main`` runs
+    one between each part of the benchmark (minutes apart). Each round streams
+    ``n`` new samples through both ``n_jobs`` settings in alternating blocks of
+    200 (so that both are read under the same load); the round with the lowest
+    median is reported, with every round's median alongside, as ``timeit``
+    reports the best of its repeats. The models keep streaming from round to
+    round (their memory is never reset).
     """
-    xs, ys, _ = _stream(rounds * n + 1000)
-    res = {}
-    settings = (None, 2) if _jit_step.AVAILABLE else (None,)
-    models = {}
-    for n_jobs in settings:
-        models[n_jobs] = MANNOneShotClassifier(**PAPER, seed=0, n_jobs=n_jobs)
-        models[n_jobs].learn_one(xs[0], ys[0])
-    per_round = {n_jobs: [] for n_jobs in settings}
-    for r in range(rounds):
-        times = {n_jobs: [] for n_jobs in settings}
-        for start in range(1 + r * n, 1 + (r + 1) * n, 200):
-            block = slice(start, min(start + 200, 1 + (r + 1) * n))
-            for n_jobs, mann in models.items():
+
+    def __init__(self, n: int, rounds: int):
+        self.n, self.rounds = n, rounds
+        self.xs, self.ys, _ = _stream(rounds * n + 1000)
+        self.settings = (None, 2) if _jit_step.AVAILABLE else (None,)
+        self.models = {}
+        for n_jobs in self.settings:
+            self.models[n_jobs] = MANNOneShotClassifier(**PAPER, seed=0, n_jobs=n_jobs)
+            self.models[n_jobs].learn_one(self.xs[0], self.ys[0])
+        self.per_round = {n_jobs: [] for n_jobs in self.settings}
+        self.done = 0
+
+    def round(self) -> None:
+        """Stream the next ``n`` samples (no-op once every round has run)."""
+        if self.done == self.rounds:
+            return
+        lo, hi = 1 + self.done * self.n, 1 + (self.done + 1) * self.n
+        times = {n_jobs: [] for n_jobs in self.settings}
+        for start in range(lo, hi, 200):
+            block = slice(start, min(start + 200, hi))
+            for n_jobs, mann in self.models.items():
                 times[n_jobs].append(
                     _latency(
                         mann,
-                        xs[block],
-                        ys[block],
+                        self.xs[block],
+                        self.ys[block],
                         lambda m, x, y: m.learn_one(x, y),
                         lambda m, x: m.predict_one(x),
                         raw=True,
                     )
                 )
-        for n_jobs in settings:
-            per_round[n_jobs].append(np.concatenate(times[n_jobs]))
-    for n_jobs in settings:
-        medians = [float(np.median(t) / 1e3) for t in per_round[n_jobs]]
-        best = per_round[n_jobs][int(np.argmin(medians))]
+        for n_jobs in self.settings:
+            self.per_round[n_jobs].append(np.concatenate(times[n_jobs]))
+        self.done += 1
+        medians = {
+            n_jobs: float(np.median(t[-1]) / 1e3)
+            for n_jobs, t in self.per_round.items()
+        }
+        print(f"stream round {self.done}: medians (us) {medians}")
+
+    def result(self) -> dict:
+        """The remaining rounds, then the MANN rows and the baselines."""
+        while self.done < self.rounds:
+            self.round()
+        return streaming(self)
+
+
+def streaming(rounds: StreamingRounds) -> dict:
+    """The MANN's best round, the baselines on the same stream, batch predict."""
+    xs, ys, n = rounds.xs, rounds.ys, rounds.n
+    res = {}
+    for n_jobs in rounds.settings:
+        medians = [float(np.median(t) / 1e3) for t in rounds.per_round[n_jobs]]
+        best = rounds.per_round[n_jobs][int(np.argmin(medians))]
         res[f"MANN (sk_mann, n_jobs={n_jobs})"] = {
             "median_us": min(medians),
             "p99_us": float(np.percentile(best, 99) / 1e3),
@@ -363,7 +392,7 @@ def streaming(n: int, rounds: int = 3) -> dict:
         print(f"stream {k}: median {v['median_us']:.0f} us, p99 {v['p99_us']:.0f} us")
     # Batch predict throughput from one committed state, 1 and 2 threads
     # alternated, best of 3 each.
-    mann = models[None]
+    mann = rounds.models[None]
     rows = _stream(20000, seed=1, dicts=False)[2]
     mann.predict(rows[:2048])
     # "numpy": the NumPy passes instead of the compiled ones (before/after).
@@ -506,8 +535,9 @@ def write_markdown(p: dict) -> None:
             "",
             "MANN rows: the best of "
             f"{len(next(iter(rounds.values())))} rounds of "
-            f"{next(iter(p['streaming'].values()))['samples']} samples (the host is "
-            "shared; a slow phase slows every row). Medians of the rounds (us): "
+            f"{next(iter(p['streaming'].values()))['samples']} samples, run minutes "
+            "apart between the parts of this benchmark (the host is shared; a slow "
+            "phase slows every row). Medians of the rounds (us): "
             + "; ".join(
                 f"{k.split(', ')[-1].rstrip(')')}: "
                 + " / ".join(f"{m:.0f}" for m in ms)
@@ -621,22 +651,34 @@ def main() -> None:
         default=1_000_000,
         help="samples of the state-growth stream",
     )
+    ap.add_argument(
+        "--stream-rounds",
+        type=int,
+        default=6,
+        help="rounds of the MANN's latency stream, spread over the run",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    rounds = StreamingRounds(args.stream, args.stream_rounds)
+    rounds.round()
     payload = {"threads": args.threads, "matmul_peak_gflops": matmul_peak()}
     print(f"matmul peak: {payload['matmul_peak_gflops']:.0f} GFLOP/s")
     payload["flops_per_episode"] = flops_per_episode()
     payload["training"] = train_throughput(args.batch_sizes, args.iters)
+    rounds.round()
     # A fresh inductor cache: the warm-up then shows a first compilation, not
     # kernels cached on disk by an earlier run (those take seconds instead).
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="sk_mann_inductor_")
-    payload["training_compiled"] = train_throughput(
-        args.compiled_batch_sizes, args.iters, compile=True
-    )
+    payload["training_compiled"] = []
+    for bs in args.compiled_batch_sizes:
+        payload["training_compiled"] += train_throughput([bs], args.iters, compile=True)
+        rounds.round()
     payload["optimisations"] = optimisations(args.iters)
+    rounds.round()
     payload["train_peak_rss_mib"] = training_peak_rss(args.threads)
     payload["train_peak_rss_mib_compiled"] = training_peak_rss(args.threads, True)
-    payload["streaming"] = streaming(args.stream)
+    rounds.round()
+    payload["streaming"] = rounds.result()
     payload["weight_traffic"] = weight_traffic()
     payload["state_growth"] = state_growth(args.stream_samples)
     payload["cuda"] = torch.cuda.is_available()

@@ -101,3 +101,25 @@ def test_speed_state_growth_counts_the_stream_state(monkeypatch):
     # least-used mask (6): float32.
     expected = 4 * (8 + 8 + 6 + 18 + 6 + 12 + 6)
     assert [r["state_bytes"] for r in rows] == [expected, expected]
+
+
+def test_speed_streaming_rounds_are_spread_and_counted(monkeypatch):
+    """speed.py's latency rounds: each streams new samples; extra calls do nothing."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import speed
+
+    monkeypatch.setattr(
+        speed,
+        "PAPER",
+        dict(controller_size=8, n_slots=6, slot_size=3, n_reads=2, n_episodes=0),
+    )
+    try:
+        rounds = speed.StreamingRounds(30, 2)
+        for _ in range(3):  # the third call finds every round done
+            rounds.round()
+    finally:
+        sys.modules.pop("speed", None)
+    assert rounds.done == 2
+    for times in rounds.per_round.values():
+        assert [len(t) for t in times] == [30, 30]
+        assert all((t > 0).all() for t in times)
