@@ -403,7 +403,7 @@ class NumpyMANN:
                 self.w_in,
                 self.b_in,
                 self._n_x,
-                self._label_row(label),
+                self.label_row(label),
                 w_rec,
                 rec,
                 self._H,
@@ -457,7 +457,7 @@ class NumpyMANN:
                 x,
                 base,
                 have_base,
-                self._label_row(label),
+                self.label_row(label),
                 rec,
                 state.c[0],
                 mem.usage[0],
@@ -556,7 +556,7 @@ class NumpyMANN:
             return hr, self.w_rec
         return self._rec_input(state.h[0], state.reads[0]), self.w_rec
 
-    def _label_row(self, label: np.ndarray) -> np.ndarray:
+    def label_row(self, label: np.ndarray) -> np.ndarray:
         """A label vector as the kernels read it: 1-D, in the network's dtype."""
         if label.ndim != 1:  # (1, width): the row view
             label = label.reshape(-1)

@@ -39,6 +39,9 @@ _PREDICT_CHUNK = 512
 #: Up to this many bound classes, ``predict_proba_one`` normalises with Python
 #: floats (a handful of NumPy calls would cost more than the arithmetic).
 _PYTHON_SOFTMAX_MAX = 32
+#: Scores closer than this (relative) to the top one may tie in probability:
+#: ``predict_one`` then compares probabilities, as ``predict_proba_one`` has them.
+_TIE_GAP = 1e-12
 
 
 def _atomic(method):
@@ -71,7 +74,7 @@ class _StreamMemo(NamedTuple):
     prev_code: int
     weights_version: tuple
     np_state: Any  # NumPy views of ``state``
-    label: np.ndarray  # the vector of ``prev_code``
+    label: np.ndarray  # the vector of ``prev_code``, 1-D, the network's dtype
     base: np.ndarray | None  # the next step's gate terms without x, once known
     pending: tuple | None = None  # (row, x, step) of the last one-row prediction
 
@@ -597,7 +600,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             np_state = self._state_
             if isinstance(np_state.h, torch.Tensor):  # fresh, or loaded
                 np_state = NumpyMANN.state_to_numpy(np_state)
-            label = self._label_vector(self.prev_code_)
+            label = fast.label_row(self._label_vector(self.prev_code_))
             memo = _StreamMemo(
                 self._state_, self.prev_code_, version, np_state, label, None
             )
@@ -651,7 +654,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             self.prev_code_,
             memo.weights_version,
             new,
-            self._label_vector(self.prev_code_),
+            fast.label_row(self._label_vector(self.prev_code_)),
             None,
         )
 
@@ -725,25 +728,27 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         logp, labels = self._bound_log_probs(X)
         return self._proba_from_log_probs(logp, labels)
 
-    def _code_probs_fast(self, row: np.ndarray) -> tuple[list, list]:
-        """Bound codes and their probabilities for one row (NumPy path)."""
+    def _code_scores_fast(self, row: np.ndarray) -> tuple[list, Any]:
+        """Bound codes and their scores for one row (NumPy path).
+
+        Scores are log-probabilities up to a constant: a list of Python floats
+        for up to ``_PYTHON_SOFTMAX_MAX`` codes, an array beyond.
+        """
         logits = self._predict_row_fast(row)
         codes = list(self.bindings_.values())
         if len(codes) <= _PYTHON_SOFTMAX_MAX:  # a few classes: Python's floats
             values = logits.tolist()
             if self.scheme_.n_groups == 1:  # one-hot: a code's score is its logit
-                scores = [values[c] for c in codes]
-            else:
-                columns = self.scheme_.output_columns(np.array(codes)).tolist()
-                scores = [math.fsum(values[j] for j in cols) for cols in columns]
-            top = max(scores)
-            p = [math.exp(v - top) for v in scores]
-            total = math.fsum(p)
-            return codes, [v / total for v in p]
+                return codes, [values[c] for c in codes]
+            columns = self.scheme_.output_columns(np.array(codes)).tolist()
+            return codes, [math.fsum(values[j] for j in cols) for cols in columns]
         columns = self.scheme_.output_columns(np.array(codes))
-        scores = logits[columns].sum(axis=1, dtype=float)
-        p = np.exp(scores - scores.max())
-        return codes, (p / p.sum()).tolist()
+        return codes, logits[columns].sum(axis=1, dtype=float)
+
+    def _code_probs_fast(self, row: np.ndarray) -> tuple[list, list]:
+        """Bound codes and their probabilities for one row (NumPy path)."""
+        codes, scores = self._code_scores_fast(row)
+        return codes, _softmax(scores)
 
     def _proba_one_fast(self, row: np.ndarray) -> dict:
         """:meth:`predict_proba_one` on the NumPy path, from the codes' scores."""
@@ -761,7 +766,15 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         The class of :meth:`_proba_one_fast`'s largest probability, ties to the
         first in ``classes_`` (as ``max`` over that dict would pick).
         """
-        codes, p = self._code_probs_fast(row)
+        codes, scores = self._code_scores_fast(row)
+        if isinstance(scores, list):
+            top = max(scores)
+            gap = _TIE_GAP * (1.0 + abs(top))
+            if sum(top - v <= gap for v in scores) == 1:  # no near-tie: the top
+                return self.class_objects_[_key(self.codes_[codes[scores.index(top)]])]
+        # Near-ties: equal probabilities decide, as max over predict_proba_one's
+        # dict would (two scores 1e-16 apart can round to the same one).
+        p = _softmax(scores)
         top = max(p)
         keys = [_key(self.codes_[c]) for c, p_c in zip(codes, p) if p_c == top]
         key = keys[0] if len(keys) == 1 else min(keys, key=self.class_index_.get)
@@ -1152,6 +1165,17 @@ def _all_finite_numpy(row: np.ndarray) -> bool:
 
 #: Whether a 1-D row holds no NaN or infinity (one compiled pass where numba is).
 _all_finite = _jit_step.all_finite if _jit_step.AVAILABLE else _all_finite_numpy
+
+
+def _softmax(scores) -> list:
+    """Probabilities of a list of float scores (Python floats) or an array."""
+    if isinstance(scores, list):
+        top = max(scores)
+        p = [math.exp(v - top) for v in scores]
+        total = math.fsum(p)
+        return [v / total for v in p]
+    p = np.exp(scores - scores.max())
+    return (p / p.sum()).tolist()
 
 
 def _check_dict(x, method: str) -> None:

@@ -709,6 +709,24 @@ def test_predict_one_breaks_ties_in_classes_order(data, monkeypatch):
     assert expected == 2
 
 
+def test_predict_one_near_ties_follow_the_probabilities(data, monkeypatch):
+    """Scores 2**-54 apart have equal probabilities: classes_ order decides."""
+    _, _, Xn, _ = data
+    est = make()
+    for i, label in enumerate([4, 2, 3]):
+        est.learn_one(as_dict(Xn[i]), label)
+    logits = np.full(est.module_.output.weight.shape[0], -5.0)
+    logits[est.bindings_[3]] = 0.5
+    logits[est.bindings_[2]] = 0.5 - 2.0**-54  # a lower score, the same probability
+    monkeypatch.setattr(est, "_predict_row_fast", lambda row: logits)
+    proba = est.predict_proba_one(as_dict(Xn[5]))
+    assert proba[2] == proba[3] > proba[4]
+    assert est.predict_one(as_dict(Xn[5])) == max(proba, key=proba.get) == 2
+    logits[est.bindings_[2]] = 0.5 - 1e-9  # apart: the top score wins
+    proba = est.predict_proba_one(as_dict(Xn[5]))
+    assert est.predict_one(as_dict(Xn[5])) == max(proba, key=proba.get) == 3
+
+
 @pytest.mark.parametrize("kind", ["list", "ndarray"])
 def test_predict_one_rejects_non_dicts(data, fitted, kind):
     _, _, Xn, _ = data
