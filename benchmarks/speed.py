@@ -307,7 +307,10 @@ class StreamingRounds:
     200 (so that both are read under the same load); the round with the lowest
     median is reported, with every round's median alongside, as ``timeit``
     reports the best of its repeats. The models keep streaming from round to
-    round (their memory is never reset).
+    round (their memory is never reset). Each round also times batch
+    ``predict`` on 20,000 rows once per setting (default ``n_jobs``,
+    ``n_jobs=2``, and NumPy's passes instead of the compiled ones), from the
+    default model's committed state; the best round of each is reported.
     """
 
     def __init__(self, n: int, rounds: int):
@@ -320,6 +323,11 @@ class StreamingRounds:
             self.models[n_jobs].learn_one(self.xs[0], self.ys[0])
         self.per_round = {n_jobs: [] for n_jobs in self.settings}
         self.done = 0
+        self.rows = _stream(20000, seed=1, dicts=False)[2]
+        # "numpy": the NumPy passes instead of the compiled ones (before/after).
+        self.batch_settings = [None, 2] + (["numpy"] if _jit_step.AVAILABLE else [])
+        self.batch_rates = {setting: [] for setting in self.batch_settings}
+        self.models[None].predict(self.rows[:2048])  # compiles the batch kernels
 
     def round(self) -> None:
         """Stream the next ``n`` samples (no-op once every round has run)."""
@@ -348,6 +356,17 @@ class StreamingRounds:
             for n_jobs, t in self.per_round.items()
         }
         print(f"stream round {self.done}: medians (us) {medians}")
+        mann = self.models[None]
+        for setting, rates in self.batch_rates.items():
+            mann.set_params(n_jobs=2 if setting == 2 else None)
+            mann._numpy_.jit = setting != "numpy" and _jit_step.AVAILABLE
+            t0 = time.perf_counter()
+            mann.predict(self.rows)
+            rates.append(len(self.rows) / (time.perf_counter() - t0))
+        mann.set_params(n_jobs=None)
+        mann._numpy_.jit = _jit_step.AVAILABLE
+        rates = {k: round(v[-1]) for k, v in self.batch_rates.items()}
+        print(f"batch predict round {self.done}: rows/s {rates}")
 
     def result(self) -> dict:
         """The remaining rounds, then the MANN rows and the baselines."""
@@ -390,26 +409,12 @@ def streaming(rounds: StreamingRounds) -> dict:
     )
     for k, v in res.items():
         print(f"stream {k}: median {v['median_us']:.0f} us, p99 {v['p99_us']:.0f} us")
-    # Batch predict throughput from one committed state, 1 and 2 threads
-    # alternated, best of 3 each.
-    mann = rounds.models[None]
-    rows = _stream(20000, seed=1, dicts=False)[2]
-    mann.predict(rows[:2048])
-    # "numpy": the NumPy passes instead of the compiled ones (before/after).
-    settings = [None, 2] + (["numpy"] if _jit_step.AVAILABLE else [])
-    rates = {setting: [] for setting in settings}
-    for _ in range(3):
-        for setting in rates:
-            mann.set_params(n_jobs=2 if setting == 2 else None)
-            mann._numpy_.jit = setting != "numpy" and _jit_step.AVAILABLE
-            t0 = time.perf_counter()
-            mann.predict(rows)
-            rates[setting].append(len(rows) / (time.perf_counter() - t0))
-    mann._numpy_.jit = _jit_step.AVAILABLE
     for setting, key in ((None, ""), (2, "_n_jobs_2"), ("numpy", "_numpy_passes")):
-        if setting in rates:
-            res["batch_predict_rows_per_s" + key] = max(rates[setting])
-            print(f"batch predict, {setting}: {max(rates[setting]):.0f} rows/s")
+        if setting in rounds.batch_rates:
+            rates = rounds.batch_rates[setting]
+            res["batch_predict_rows_per_s" + key] = max(rates)
+            res["batch_predict_rounds" + key] = rates
+            print(f"batch predict, {setting}: {max(rates):.0f} rows/s")
     return res
 
 
@@ -481,6 +486,23 @@ def training_peak_rss(threads: int, compile: bool = False) -> float:
         check=True,
     )
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def _batch_rounds_text(res: dict) -> str:
+    """The batch-predict rates of every round (runs that timed it in rounds)."""
+    names = (("", "default"), ("_n_jobs_2", "n_jobs=2"), ("_numpy_passes", "NumPy"))
+    parts = [
+        f"{label}: "
+        + " / ".join(f"{r / 1000:.0f}k" for r in res[f"batch_predict_rounds{key}"])
+        for key, label in names
+        if f"batch_predict_rounds{key}" in res
+    ]
+    if not parts:
+        return ""
+    return (
+        " Best of one 20,000-row predict per setting in each latency round; "
+        "every round (rows/s): " + "; ".join(parts) + "."
+    )
 
 
 def write_markdown(p: dict) -> None:
@@ -575,7 +597,8 @@ def write_markdown(p: dict) -> None:
             f"{p['streaming']['batch_predict_rows_per_s_numpy_passes']:.0f} rows/s."
             if "batch_predict_rows_per_s_numpy_passes" in p["streaming"]
             else ""
-        ),
+        )
+        + _batch_rounds_text(p["streaming"]),
         "",
         "Weight traffic of one streamed sample (the floor of predict_one + "
         f"learn_one): {wt['weight_bytes'] / 1e6:.2f} MB of controller and head "

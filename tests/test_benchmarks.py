@@ -123,3 +123,13 @@ def test_speed_streaming_rounds_are_spread_and_counted(monkeypatch):
     for times in rounds.per_round.values():
         assert [len(t) for t in times] == [30, 30]
         assert all((t > 0).all() for t in times)
+    for rates in rounds.batch_rates.values():  # one batch predict per round
+        assert len(rates) == 2 and min(rates) > 0
+    assert rounds.models[None].n_jobs is None  # the batch timing restored it
+    text = speed._batch_rounds_text(
+        {
+            "batch_predict_rounds": [90_500.0, 120_400.0],
+            "batch_predict_rounds_n_jobs_2": [1e5],
+        }
+    )
+    assert "default: 90k / 120k; n_jobs=2: 100k." in text
