@@ -600,12 +600,13 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             np_state = self._state_
             if isinstance(np_state.h, torch.Tensor):  # fresh, or loaded
                 np_state = NumpyMANN.state_to_numpy(np_state)
-            label = fast.label_row(self._label_vector(self.prev_code_))
-            memo = _StreamMemo(
-                self._state_, self.prev_code_, version, np_state, label, None
-            )
-            fast.memo = memo
+            memo = fast.memo = self._fresh_memo(self._state_, np_state, version)
         return memo
+
+    def _fresh_memo(self, state, np_state, version: tuple) -> _StreamMemo:
+        """The memo of ``state`` and ``prev_code_``, before any step from them."""
+        label = self._numpy_.label_row(self._label_vector(self.prev_code_))
+        return _StreamMemo(state, self.prev_code_, version, np_state, label, None)
 
     def _stream_threads(self) -> int:
         """``n_jobs`` as a number of threads."""
@@ -649,14 +650,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         self.prev_code_ = self._bind(label)
         # On the NumPy path the state stays NumPy arrays (pickled as such).
         self._state_ = new
-        fast.memo = _StreamMemo(
-            new,
-            self.prev_code_,
-            memo.weights_version,
-            new,
-            fast.label_row(self._label_vector(self.prev_code_)),
-            None,
-        )
+        fast.memo = self._fresh_memo(new, new, memo.weights_version)
 
     @torch.no_grad()
     def _write_torch(self, X: np.ndarray, y) -> None:

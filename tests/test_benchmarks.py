@@ -83,8 +83,9 @@ def test_time_to_accuracy_keeps_runs_scored_elsewhere(tta, tmp_path, monkeypatch
     assert carried["gone"]["scored_at_commit"] == "abc"
 
 
-def test_speed_state_growth_counts_the_stream_state(monkeypatch):
-    """The fast-state bytes of speed.py: the full state, constant over a stream."""
+@pytest.fixture
+def small_speed(monkeypatch):
+    """benchmarks/speed.py with a tiny network in place of the paper's."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import speed
 
@@ -93,32 +94,24 @@ def test_speed_state_growth_counts_the_stream_state(monkeypatch):
         "PAPER",
         dict(controller_size=8, n_slots=6, slot_size=3, n_reads=2, n_episodes=0),
     )
-    try:
-        rows = speed.state_growth(2000)
-    finally:
-        sys.modules.pop("speed", None)
+    yield speed
+    sys.modules.pop("speed", None)
+
+
+def test_speed_state_growth_counts_the_stream_state(small_speed):
+    """The fast-state bytes of speed.py: the full state, constant over a stream."""
+    rows = small_speed.state_growth(2000)
     # h, c (8 each), reads (2 x 3), memory (6 x 3), usage, read weights (2 x 6),
     # least-used mask (6): float32.
     expected = 4 * (8 + 8 + 6 + 18 + 6 + 12 + 6)
     assert [r["state_bytes"] for r in rows] == [expected, expected]
 
 
-def test_speed_streaming_rounds_are_spread_and_counted(monkeypatch):
+def test_speed_streaming_rounds_are_spread_and_counted(small_speed):
     """speed.py's latency rounds: each streams new samples; extra calls do nothing."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import speed
-
-    monkeypatch.setattr(
-        speed,
-        "PAPER",
-        dict(controller_size=8, n_slots=6, slot_size=3, n_reads=2, n_episodes=0),
-    )
-    try:
-        rounds = speed.StreamingRounds(30, 2)
-        for _ in range(3):  # the third call finds every round done
-            rounds.round()
-    finally:
-        sys.modules.pop("speed", None)
+    rounds = small_speed.StreamingRounds(30, 2)
+    for _ in range(3):  # the third call finds every round done
+        rounds.round()
     assert rounds.done == 2
     for times in rounds.per_round.values():
         assert [len(t) for t in times] == [30, 30]
@@ -126,7 +119,7 @@ def test_speed_streaming_rounds_are_spread_and_counted(monkeypatch):
     for rates in rounds.batch_rates.values():  # one batch predict per round
         assert len(rates) == 2 and min(rates) > 0
     assert rounds.models[None].n_jobs is None  # the batch timing restored it
-    text = speed._batch_rounds_text(
+    text = small_speed._batch_rounds_text(
         {
             "batch_predict_rounds": [90_500.0, 120_400.0],
             "batch_predict_rounds_n_jobs_2": [1e5],
