@@ -332,8 +332,7 @@ def compare_on_episodes(
     Every learner draws its episodes from the same sampler with the same
     ``seed`` and ``batch_size``, so they see the same episodes in the same
     order; a baseline run on fewer episodes sees the first ones of the same
-    sequence (test episodes use no augmentation, so a shorter run draws a
-    prefix of the same episodes).
+    sequence (the evaluations draw whole batches and cut the last one).
 
     Returns
     -------

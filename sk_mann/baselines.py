@@ -130,7 +130,8 @@ def evaluate_online(
     with threadpool_limits(limits=1):
         while done < n_episodes:
             b = min(batch_size, n_episodes - done)
-            ep = sampler.sample(b, rng)
+            # Whole batches, cut: a shorter run sees the first of the same episodes.
+            ep = sampler.sample(batch_size, rng).head(b)
             correct.append(_run_episodes(learner, ep, sampler, guess_rng))
             inst.append(ep.instance)
             done += b

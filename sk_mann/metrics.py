@@ -96,7 +96,8 @@ def evaluate_network(
 
     Episodes are drawn with ``np.random.default_rng(seed)`` in batches of
     ``batch_size``, so two models evaluated with the same sampler, seed and
-    batch size see exactly the same episodes. A step counts as correct when
+    batch size see exactly the same episodes (and a run of fewer episodes, the
+    first ones of the same sequence). A step counts as correct when
     every label character is predicted right.
     """
     was_training = module.training
@@ -107,7 +108,8 @@ def evaluate_network(
     try:
         while done < n_episodes:
             b = min(batch_size, n_episodes - done)
-            ep = sampler.sample(b, rng)
+            # Whole batches, cut: a shorter run sees the first of the same episodes.
+            ep = sampler.sample(batch_size, rng).head(b)
             logits = module(
                 torch.from_numpy(ep.x).to(device),
                 torch.from_numpy(ep.label_in).to(device),

@@ -169,19 +169,6 @@ def test_demo_digits_offline(tmp_path, tiny_model, capsys):
     )
 
 
-def test_shorter_baseline_runs_see_a_prefix_of_the_same_episodes():
-    # compare_on_episodes relies on this to run River on fewer episodes.
-    from sk_mann._demo import load_digits_data
-    from sk_mann.episodes import EpisodeSampler
-
-    X, y = load_digits_data()
-    sampler = EpisodeSampler(X, y, n_way=5, n_per_class=10)
-    long = sampler.sample(5, np.random.default_rng(0))
-    short = sampler.sample(2, np.random.default_rng(0))
-    np.testing.assert_array_equal(long.codes[:2], short.codes)
-    np.testing.assert_array_equal(long.x[:2], short.x)
-
-
 def test_demo_auto_falls_back_to_digits(tmp_path, tiny_model, capsys):
     argv = ["demo", "--model", str(tiny_model), "--data-home", str(tmp_path)]
     argv += ["--episodes", "2", "--river-episodes", "1", "--no-plot"]

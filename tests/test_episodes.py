@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from numpy.testing import assert_allclose, assert_array_equal
 
-from sk_mann.episodes import EpisodeSampler, augment_images, instance_index
+from sk_mann.episodes import (
+    EpisodeSampler,
+    _affine_grid,
+    _distinct,
+    augment_images,
+    instance_index,
+)
 from sk_mann.labels import LabelScheme, make_label_scheme
 
 N_CLASSES, N_MEMBERS, N_FEATURES = 8, 6, 4
@@ -122,6 +130,38 @@ def test_samples_with_replacement_when_a_class_is_too_small(data):
     s = EpisodeSampler(X, y, n_way=2, n_per_class=N_MEMBERS + 3)
     ep = s.sample(4, np.random.default_rng(5))
     assert_array_equal(y[row_index(ep.x)], ep.classes)
+
+
+def test_classes_of_unequal_sizes_mix_both_draws():
+    """Big classes without replacement, small ones with, in one batch."""
+    sizes = [2, 7, 3, 9, 5]
+    y = np.repeat(np.arange(5), sizes)
+    X = np.arange(len(y), dtype=np.float32)[:, None] + np.zeros((1, 3), np.float32)
+    s = EpisodeSampler(X, y, n_way=5, n_per_class=5)
+    ep = s.sample(40, np.random.default_rng(11))
+    rows = ep.x[..., 0].astype(int)
+    assert_array_equal(y[rows], ep.classes)
+    for b in range(40):
+        for c in (1, 3, 4):  # >= 5 samples: five distinct rows
+            assert len(np.unique(rows[b][ep.classes[b] == c])) == 5
+    # The small classes' draws cover their rows (with replacement).
+    assert set(rows[ep.classes == 0].tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("n, k", [(5, 5), (7, 3), (4800, 5), (40, 2)])
+def test_distinct_draws_are_uniform_ordered_subsets(n, k):
+    rows = 20000
+    out = _distinct(np.random.default_rng(n + k), n, k, rows)
+    assert out.shape == (rows, k) and out.min() >= 0 and out.max() < n
+    assert all(len(set(r)) == k for r in out[:2000].tolist())
+    # Every value equally likely in every position (chi-square-like bound).
+    for j in range(k):
+        counts = np.bincount(out[:, j], minlength=n)
+        expected = rows / n
+        if n <= 40:
+            assert np.abs(counts - expected).max() < 6 * np.sqrt(expected)
+        else:  # many values: compare halves of the range instead
+            assert abs(counts[: n // 2].sum() - rows / 2) < 6 * np.sqrt(rows / 4)
 
 
 @pytest.mark.parametrize("labels", ["onehot", "string"])
@@ -434,6 +474,16 @@ def test_augment_outputs_are_max_normalised():
     out = augment_images(imgs, shifts, angles)
     assert_allclose(out.reshape(5, -1).max(1), 1.0, rtol=1e-6)
     assert out.min() >= 0.0
+
+
+@pytest.mark.parametrize("n, h, w", [(1, 1, 1), (3, 5, 7), (64, 20, 20), (2, 105, 105)])
+def test_affine_grid_matches_torch(n, h, w):
+    """The one-matmul grid is torch's ``affine_grid`` (align_corners=False)."""
+    theta = torch.randn(n, 2, 3, generator=torch.Generator().manual_seed(n + h))
+    want = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    got = _affine_grid(theta, h, w)
+    assert got.shape == want.shape == (n, h, w, 2)
+    assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=2e-6)
 
 
 def test_augment_blank_image_stays_blank():

@@ -119,7 +119,7 @@ def replay(sampler, n_episodes, seed, batch_size):
     eps, done = [], 0
     while done < n_episodes:
         b = min(batch_size, n_episodes - done)
-        eps.append(sampler.sample(b, rng))
+        eps.append(sampler.sample(batch_size, rng).head(b))
         done += b
     return eps
 
@@ -178,6 +178,44 @@ def test_evaluate_network_is_reproducible(small_data):
     c = evaluate_network(net, sampler, seed=4, **kw)
     assert a == b
     assert a["accuracy"] != c["accuracy"]
+
+
+class RecordInputs(torch.nn.Module):
+    """Predicts code 0 everywhere and keeps every input batch it is shown."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x, label_in):
+        self.seen.append(x.numpy().copy())
+        return torch.zeros_like(label_in)
+
+
+def test_fewer_episodes_are_the_first_of_the_same_sequence(small_data):
+    """A shorter evaluation (network or online) sees a prefix of a longer one."""
+    X, y = small_data
+    sampler = EpisodeSampler(X, y, n_way=3, n_per_class=2)
+    long, short = RecordInputs(), RecordInputs()
+    evaluate_network(long, sampler, n_episodes=12, seed=5, batch_size=5)
+    evaluate_network(short, sampler, n_episodes=7, seed=5, batch_size=5)
+    assert [len(b) for b in short.seen] == [5, 2]
+    assert_allclose(np.concatenate(short.seen), np.concatenate(long.seen)[:7])
+
+    class RecordRows(PreviousCode):
+        def __init__(self):
+            super().__init__()
+            self.rows = []
+
+        def learn(self, x, code):
+            self.rows.append(np.array(x))
+            super().learn(x, code)
+
+    a, b = RecordRows(), RecordRows()
+    evaluate_online(a, sampler, n_episodes=12, seed=5, batch_size=5)
+    evaluate_online(b, sampler, n_episodes=7, seed=5, batch_size=5)
+    assert_allclose(np.stack(b.rows), np.stack(a.rows)[: len(b.rows)])
+    assert_allclose(np.stack(b.rows), np.concatenate(short.seen).reshape(-1, 8))
 
 
 @pytest.mark.parametrize("training", [True, False])
