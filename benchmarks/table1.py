@@ -105,12 +105,17 @@ def samplers(
     return train, test
 
 
-def make_network(name: str) -> torch.nn.Module:
+def make_network(name: str, overrides: dict | None = None) -> torch.nn.Module:
+    """Network ``name`` of :data:`MODELS` (seeded), ``overrides`` on its kwargs."""
     spec = MODELS[name]
     with torch.random.fork_rng():
         torch.manual_seed(0)
         return build_network(
-            spec["network"], IMAGE * IMAGE, N_WAY, N_WAY, **spec["kwargs"]
+            spec["network"],
+            IMAGE * IMAGE,
+            N_WAY,
+            N_WAY,
+            **{**spec["kwargs"], **(overrides or {})},
         )
 
 

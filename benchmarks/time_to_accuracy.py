@@ -63,12 +63,32 @@ def run_name(args: argparse.Namespace) -> str:
     name += f"_{args.episodes // 1000}k"
     if args.per_class != N_PER_CLASS:
         name += f"_T{N_WAY * args.per_class}"
+    for key, value in sorted(args.network.items()):
+        name += f"_{key}{value}"
     return name + ("_compiled" if args.compile else "")
+
+
+def _parse_network(items: list[str]) -> dict:
+    """``--network KEY=VALUE`` pairs -> MANN keyword overrides (typed)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--network {item!r}: write KEY=VALUE, e.g. gamma=0.99")
+        lowered = raw.lower()
+        if lowered in ("true", "false"):
+            out[key] = lowered == "true"
+        else:
+            try:
+                out[key] = float(raw) if "." in raw or "e" in lowered else int(raw)
+            except ValueError:
+                out[key] = raw
+    return out
 
 
 def train(args: argparse.Namespace) -> None:
     train_s, test_s = samplers(args.data_home, train_per_class=args.per_class)
-    module = make_network(args.model)
+    module = make_network(args.model, args.network)
     settings = {**MODELS[args.model]["train"], "batch_size": args.batch_size}
     settings["lr"] = args.lr
     ckpt = RUNS / run_name(args)
@@ -83,6 +103,7 @@ def train(args: argparse.Namespace) -> None:
         "compile": args.compile,
         "eval_every": args.eval_every,
         "train_episode_length": N_WAY * args.per_class,
+        "network": args.network,
         "note": None,
     }
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -135,7 +156,7 @@ def report(args: argparse.Namespace) -> None:
             continue
         config = json.loads((ckpt / "config.json").read_text())
         history = json.loads((ckpt / "history.json").read_text())
-        module = make_network(config["model"])
+        module = make_network(config["model"], config.get("network"))
         module.load_state_dict(torch.load(ckpt / "params.pt", weights_only=True))
         res = evaluate_network(
             module,
@@ -197,6 +218,12 @@ def _per_class_flag(config: dict) -> str:
     return "" if steps == DEFAULT_STEPS else f" --per-class {steps // N_WAY}"
 
 
+def _network_flag(config: dict) -> str:
+    net = config.get("network") or {}
+    pairs = " ".join(f"{k}={str(v).lower()}" for k, v in sorted(net.items()))
+    return f" --network {pairs}" if pairs else ""
+
+
 def write_markdown(payload: dict) -> None:
     cols = [INSTANCES.index(i) for i in TABLE_INSTANCES]
     head = " / ".join(f"{i}" for i in TABLE_INSTANCES)
@@ -218,7 +245,8 @@ def write_markdown(payload: dict) -> None:
         minutes = r["train_minutes"] if wall is None else wall
         met = acc[1] >= TARGET_SECOND and minutes <= TARGET_MINUTES
         lines.append(
-            f"| {c['model']} | {c['batch_size']} | {_steps(c)} "
+            f"| {c['model']}{_network_flag(c).replace(' --network', ',')} "
+            f"| {c['batch_size']} | {_steps(c)} "
             f"| {c['lr']:g} ({c['schedule']}) "
             f"| {'yes' if c.get('compile') else 'no'} "
             f"| {r['episodes_trained']:,} | {r['train_minutes']:.1f} "
@@ -250,6 +278,7 @@ def write_markdown(payload: dict) -> None:
             f"{c['max_minutes']:g} --eval-every {c.get('eval_every', 5)} "
             f"--threads {c['threads']}"
             + _per_class_flag(c)
+            + _network_flag(c)
             + (" --compile`" if c.get("compile") else "`")
         )
     notes = [
@@ -325,6 +354,14 @@ def main() -> None:
         f"{N_PER_CLASS}: the paper's {N_WAY * N_PER_CLASS} steps); held-out "
         "episodes keep the paper's length",
     )
+    p.add_argument(
+        "--network",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="train: override the network's keyword arguments, e.g. "
+        "read_after_write=false gamma=0.99",
+    )
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
@@ -334,6 +371,7 @@ def main() -> None:
     )
     p.add_argument("--data-home", default=default_data_home())
     args = p.parse_args()
+    args.network = _parse_network(args.network)
     torch.set_num_threads(args.threads)
     if args.episodes is None:
         args.episodes = 270_000 if args.stage == "train" else 1000
