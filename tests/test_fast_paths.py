@@ -52,3 +52,33 @@ def test_fused_step_gradients_equal_reference():
         grads.append([t.grad for t in (k, g, c, m)])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("read_after_write", [True, False])
+def test_fused_step_compiled_formulas_equal_eager(monkeypatch, read_after_write):
+    """The broadcast-and-sum products used under torch.compile, run eagerly."""
+    state, keys, gate, content = _random_state()
+    eager = mem.lrua_step_fused(
+        state, keys, gate, content, read_after_write=read_after_write
+    )
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    grads = []
+    for _ in range(2):
+        k = keys.clone().requires_grad_()
+        m = state.memory.clone().requires_grad_()
+        reads, new = mem.lrua_step_fused(
+            state._replace(memory=m),
+            k,
+            gate,
+            content,
+            read_after_write=read_after_write,
+        )
+        (reads.sum() + new.memory.square().sum()).backward()
+        grads.append((reads.detach(), new, k.grad, m.grad))
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    (reads_c, new_c, *grads_c), (_, _, *grads_e) = grads
+    torch.testing.assert_close(reads_c, eager[0], rtol=0, atol=1e-12)
+    for a, b in zip(new_c, eager[1]):
+        torch.testing.assert_close(a.detach(), b, rtol=0, atol=1e-12)
+    for a, b in zip(grads_c, grads_e):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)

@@ -275,13 +275,17 @@ def test_update_usage_matches_reference(batch, heads, slots, width, gamma):
     assert_allclose(got, ref_usage(u, r, w, gamma), rtol=1e-12)
 
 
+LEAST_USED = [mem.least_used_weights, mem.least_used_weights_ranked]
+
+
+@pytest.mark.parametrize("least_used", LEAST_USED, ids=["sort", "ranked"])
 @pytest.mark.parametrize("n", [1, 2, 3])
 @pytest.mark.parametrize("batch, heads, slots, width", SHAPES)
-def test_least_used_weights_match_reference(batch, heads, slots, width, n):
+def test_least_used_weights_match_reference(batch, heads, slots, width, n, least_used):
     rng = np.random.default_rng(5)
     u = rng.random((batch, slots))
     u[0, : slots // 2] = 0.25  # ties, broken towards the lowest index
-    got = mem.least_used_weights(t(u), n).numpy()
+    got = least_used(t(u), n).numpy()
     assert_array_equal(got, ref_least_used(u, n))
     assert_array_equal(got.sum(-1), n)
 
@@ -441,22 +445,25 @@ def test_update_usage_hand_case():
         ([2.0, 1.0, 1.0, 0.5, 3.0], 2, [0, 1, 0, 1, 0]),
     ],
 )
-def test_least_used_hand_cases(usage, n, expected):
-    got = mem.least_used_weights(t([usage]), n).numpy()[0]
+@pytest.mark.parametrize("least_used", LEAST_USED, ids=["sort", "ranked"])
+def test_least_used_hand_cases(usage, n, expected, least_used):
+    got = least_used(t([usage]), n).numpy()[0]
     assert_array_equal(got, expected)
 
 
-def test_least_used_is_not_most_used():
+@pytest.mark.parametrize("least_used", LEAST_USED, ids=["sort", "ranked"])
+def test_least_used_is_not_most_used(least_used):
     """Regression: one reproduction used top-k the wrong way and took the most-used."""
     usage = t([[0.5, 0.1, 0.9, 0.2]])
-    got = mem.least_used_weights(usage, 2).numpy()[0]
+    got = least_used(usage, 2).numpy()[0]
     assert got[2] == 0 and got[0] == 0  # the two most-used slots are not selected
     assert_array_equal(got, [0, 1, 0, 1])
 
 
-def test_least_used_is_a_constant_mask():
+@pytest.mark.parametrize("least_used", LEAST_USED, ids=["sort", "ranked"])
+def test_least_used_is_a_constant_mask(least_used):
     usage = torch.tensor([[0.5, 0.1, 0.9]], dtype=torch.float64, requires_grad=True)
-    assert not mem.least_used_weights(usage, 1).requires_grad
+    assert not least_used(usage, 1).requires_grad
 
 
 @pytest.mark.parametrize(

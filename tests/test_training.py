@@ -399,3 +399,26 @@ def test_compile_failure_is_a_clear_error(tiny_sampler, monkeypatch):
         meta_train(module, tiny_sampler, n_episodes=EPOCH, compile=True, **TINY)
     assert "forward" not in vars(module)  # the eager forward is back
     meta_train(module, tiny_sampler, n_episodes=EPOCH, **TINY)  # and trains
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adam_is_fused_where_torch_has_it(tiny_sampler, monkeypatch, fused):
+    """One fused Adam kernel where available; the per-tensor loop elsewhere."""
+    from sk_mann import training
+
+    monkeypatch.setattr(training, "_fused_adam_available", lambda device: fused)
+    net = meta_train(tiny_mann(), tiny_sampler, n_episodes=EPOCH, **TINY)
+    assert isinstance(net.optimizer_, torch.optim.Adam)
+    assert bool(net.optimizer_.param_groups[0]["fused"]) is fused
+    rms = meta_train(
+        tiny_mann(), tiny_sampler, n_episodes=EPOCH, optimizer="rmsprop", **TINY
+    )
+    assert isinstance(rms.optimizer_, torch.optim.RMSprop)
+
+
+def test_fused_adam_is_detected_on_the_cpu():
+    from sk_mann.training import _fused_adam_available
+
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    assert _fused_adam_available("cpu") is ((major, minor) >= (2, 4))
+    assert _fused_adam_available("no-such-device") is False
