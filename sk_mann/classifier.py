@@ -160,8 +160,8 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         Clip gradient elements to ``[-clip_value, clip_value]``.
     compile : bool, default=False
         Meta-train through ``torch.compile`` (see
-        :func:`sk_mann.training.meta_train`): 1.5-1.9x faster on a CPU after a
-        one-off compilation of a minute or two, so worth it for long runs only.
+        :func:`sk_mann.training.meta_train`): 1.7-2.3x faster on a CPU after a
+        one-off compilation of a few minutes, so worth it for long runs only.
         Needs a C++ compiler. Streaming and prediction are unaffected.
     image_shape : tuple of int or None, default=None
         ``(height, width)`` of the images when rows of ``X`` are images; needed by

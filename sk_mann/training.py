@@ -246,9 +246,10 @@ def meta_train(
     compile : bool, default=False
         Run the training forward pass (and so its backward) through
         ``torch.compile``, which fuses each episode's many small operations into
-        a few generated kernels: 1.5-1.9x the episodes per second on a CPU,
-        after a one-off compilation of one to two minutes (needs a C++
-        compiler). Only training batches use it; evaluation stays eager.
+        a few generated kernels: 1.7-2.3x the episodes per second on a CPU,
+        after a one-off compilation of a few minutes (3-6 on the 2-core
+        machine of the benchmarks; needs a C++ compiler). Only training
+        batches use it; evaluation stays eager.
 
     Returns
     -------
