@@ -214,14 +214,10 @@ class EpisodeSampler:
             raise ValueError(
                 f"image_shape={image_shape} does not match {self.X.shape[1]} features."
             )
-        # Row c of the table: the rows of class c, then -1 (padding), so that a
-        # batch draws every class's samples in a few array calls.
-        order = np.argsort(y_idx, kind="stable")
-        counts = np.bincount(y_idx, minlength=n_classes)
-        column = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
-        self._sizes = counts
-        self._table = np.full((n_classes, counts.max()), -1, dtype=np.int64)
-        self._table[y_idx[order], column] = order
+        # The rows of class c are _order[_starts[c] : _starts[c] + _sizes[c]].
+        self._order = np.argsort(y_idx, kind="stable")
+        self._sizes = np.bincount(y_idx, minlength=n_classes)
+        self._starts = np.cumsum(self._sizes) - self._sizes
         # A turn by k * 90 degrees of a row-major image permutes its pixels.
         if rotate_classes:
             pixels = np.arange(self.X.shape[1]).reshape(image_shape)
@@ -255,23 +251,20 @@ class EpisodeSampler:
         T = self.episode_length
         n_base = len(self._sizes)
         # Classes and codes: W distinct of each per episode (uniform, in order).
-        chosen = _distinct(rng, self.n_classes, W, B)  # (B, W)
-        ep_codes = _distinct(rng, self.scheme.n_codes, W, B)
+        chosen = _distinct(rng, np.full(B, self.n_classes), W)  # (B, W)
+        ep_codes = _distinct(rng, np.full(B, self.scheme.n_codes), W)
         # K samples of each chosen class: without replacement when it has K.
         base = (chosen % n_base).ravel()  # (B * W,)
         sizes = self._sizes[base]
-        keys = rng.random((B * W, self._table.shape[1]))
-        keys[np.arange(keys.shape[1]) >= sizes[:, None]] = 2.0  # padding last
-        order = np.argsort(keys, axis=1)
         small = sizes < K
         if small.any():  # too few samples: K with replacement
             pos = np.empty((B * W, K), dtype=np.int64)
             pos[small] = rng.integers(0, sizes[small, None], (int(small.sum()), K))
             if not small.all():
-                pos[~small] = order[~small, :K]
+                pos[~small] = _distinct(rng, sizes[~small], K)
         else:
-            pos = order[:, :K]
-        idx = self._table[base[:, None], pos].reshape(B, T)
+            pos = _distinct(rng, sizes, K)
+        idx = self._order[self._starts[base][:, None] + pos].reshape(B, T)
         # Steps of each class side by side, then shuffled per episode.
         perm = np.argsort(rng.random((B, T)), axis=1)
         idx = np.take_along_axis(idx, perm, axis=1)
@@ -312,20 +305,27 @@ class EpisodeSampler:
         return images.reshape(n, -1)
 
 
-def _distinct(rng: np.random.Generator, n: int, k: int, rows: int) -> np.ndarray:
-    """``rows`` draws of ``k`` distinct integers of ``[0, n)``, uniform, in order.
+def _distinct(rng: np.random.Generator, n: np.ndarray, k: int) -> np.ndarray:
+    """For each ``n[i] >= k``: ``k`` distinct integers of ``[0, n[i])``, in order.
 
-    Each row is uniform over the ordered ``k``-subsets, as ``rng.choice(n, k,
-    replace=False)`` (whose per-call cost would dominate a batch of episodes).
-    Few values: the first ``k`` of a random permutation. Many: independent draws,
-    rows with a repeat drawn again (rejection keeps the law uniform).
+    Each row is uniform over the ordered ``k``-subsets, as ``rng.choice(n[i],
+    k, replace=False)`` (whose per-call cost would dominate a batch of
+    episodes). Rows with few values take the ``k`` smallest of ``n[i]``
+    uniform keys; rows with many, ``k`` independent draws, drawn again while
+    they repeat a value (rejection keeps the law uniform, and the memory
+    independent of ``n``).
     """
-    if n <= 8 * k:
-        return np.argsort(rng.random((rows, n)), axis=1)[:, :k]
-    out = rng.integers(0, n, (rows, k))
-    while True:
-        ordered = np.sort(out, axis=1)
-        bad = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
-        if not bad.any():
-            return out
-        out[bad] = rng.integers(0, n, (int(bad.sum()), k))
+    n = np.asarray(n, dtype=np.int64)
+    out = np.empty((len(n), k), dtype=np.int64)
+    few = n <= 8 * k
+    if few.any():
+        width = int(n[few].max())
+        keys = rng.random((int(few.sum()), width))
+        keys[np.arange(width) >= n[few, None]] = 2.0  # beyond n[i]: never first
+        out[few] = np.argsort(keys, axis=1)[:, :k]
+    rows = np.flatnonzero(~few)
+    while len(rows):
+        out[rows] = rng.integers(0, n[rows, None], (len(rows), k))
+        ordered = np.sort(out[rows], axis=1)
+        rows = rows[(ordered[:, 1:] == ordered[:, :-1]).any(axis=1)]
+    return out

@@ -151,7 +151,7 @@ def test_classes_of_unequal_sizes_mix_both_draws():
 @pytest.mark.parametrize("n, k", [(5, 5), (7, 3), (4800, 5), (40, 2)])
 def test_distinct_draws_are_uniform_ordered_subsets(n, k):
     rows = 20000
-    out = _distinct(np.random.default_rng(n + k), n, k, rows)
+    out = _distinct(np.random.default_rng(n + k), np.full(rows, n), k)
     assert out.shape == (rows, k) and out.min() >= 0 and out.max() < n
     assert all(len(set(r)) == k for r in out[:2000].tolist())
     # Every value equally likely in every position (chi-square-like bound).
@@ -162,6 +162,29 @@ def test_distinct_draws_are_uniform_ordered_subsets(n, k):
             assert np.abs(counts - expected).max() < 6 * np.sqrt(expected)
         else:  # many values: compare halves of the range instead
             assert abs(counts[: n // 2].sum() - rows / 2) < 6 * np.sqrt(rows / 4)
+
+
+def test_distinct_rows_of_different_sizes():
+    n = np.array([3, 20, 10**9, 3, 50, 10**9])  # both branches, mixed
+    out = _distinct(np.random.default_rng(0), np.tile(n, 500), 3)
+    assert np.all(out < np.tile(n, 500)[:, None]) and out.min() >= 0
+    assert all(len(set(r)) == 3 for r in out.tolist())
+    assert out[np.tile(n, 500) == 10**9].max() > 10**8  # the whole range
+
+
+def test_a_very_large_class_is_sampled_without_a_table_of_its_size():
+    """One class of 200,000 rows beside small ones: fast, and correct."""
+    sizes = [200_000, 4, 12, 30]
+    y = np.repeat(np.arange(4), sizes)
+    X = np.arange(len(y), dtype=np.float32)[:, None]
+    s = EpisodeSampler(X, y, n_way=4, n_per_class=6)
+    ep = s.sample(64, np.random.default_rng(12))
+    rows = ep.x[..., 0].astype(int)
+    assert_array_equal(y[rows], ep.classes)
+    for b in range(64):
+        for c in (0, 2, 3):
+            assert len(np.unique(rows[b][ep.classes[b] == c])) == 6
+    assert rows[ep.classes == 0].max() > 1000  # not just the class's first rows
 
 
 @pytest.mark.parametrize("labels", ["onehot", "string"])
