@@ -333,7 +333,11 @@ def meta_train(
             print(f"Resuming from {checkpoint_dir}: {done}/{n_epochs} epochs done.")
     remaining = n_epochs - done
     if remaining > 0:
-        restore = _compile_training_forward(module, batch_size) if compile else None
+        restore = None
+        if compile:
+            restore = _compile_training_forward(
+                module, batch_size, announce=print if verbose else None
+            )
         try:
             net.partial_fit(dataset, None, epochs=remaining)
         finally:
@@ -353,22 +357,33 @@ def _fused_adam_available(device: str) -> bool:
 
 
 def _compile_training_forward(
-    module: torch.nn.Module, batch_size: int
+    module: torch.nn.Module,
+    batch_size: int,
+    announce: Callable[[str], Any] | None = None,
 ) -> Callable[[], None]:
     """Route ``module``'s training batches through ``torch.compile``; returns undo.
 
     Other calls (evaluation, other batch sizes) keep the eager forward, so the
-    one compiled graph (static shapes) is never recompiled.
+    one compiled graph (static shapes) is never recompiled. ``announce``, if
+    given, is called with one line before the first (compiling) batch, which
+    can take minutes with nothing else to show.
     """
     # Imported here: torch._dynamo takes most of a second to import.
     from torch._dynamo.exc import BackendCompilerFailed
 
     eager = module.forward
     compiled = torch.compile(eager, dynamic=False)
+    started: list[bool] = []
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         x = args[0] if args else next(iter(kwargs.values()))
         if module.training and torch.is_grad_enabled() and x.shape[0] == batch_size:
+            if announce is not None and not started:
+                announce(
+                    "Compiling the training step (torch.compile): a few minutes "
+                    "the first time, seconds once its kernels are cached on disk."
+                )
+            started.append(True)
             try:
                 return compiled(*args, **kwargs)
             except BackendCompilerFailed as exc:

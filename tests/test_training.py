@@ -365,14 +365,18 @@ def test_resume_with_a_lower_constant_lr_uses_it(tmp_path, prototypes_data):
 
 # torch.compile imports code that uses torch's own deprecated torch.jit API.
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
-def test_compiled_training_matches_eager(tiny_sampler):
+def test_compiled_training_matches_eager(tiny_sampler, capsys):
     """compile=True trains the same network (up to rounding), then undoes itself."""
     eager, compiled = tiny_mann(), tiny_mann()
     meta_train(eager, tiny_sampler, n_episodes=2 * EPOCH, **TINY)
     from torch._dynamo.utils import counters
 
     graphs = counters["stats"]["unique_graphs"]
-    net = meta_train(compiled, tiny_sampler, n_episodes=2 * EPOCH, compile=True, **TINY)
+    capsys.readouterr()
+    loud = {**TINY, "verbose": 1}
+    net = meta_train(compiled, tiny_sampler, n_episodes=2 * EPOCH, compile=True, **loud)
+    # Said once, before the first (compiling) batch.
+    assert capsys.readouterr().out.count("Compiling the training step") == 1
     assert counters["stats"]["unique_graphs"] > graphs  # it really compiled
     assert "forward" not in vars(compiled)  # the eager method is back
     assert not params_equal(compiled, tiny_mann())  # it did train
