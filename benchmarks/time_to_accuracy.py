@@ -218,9 +218,14 @@ def _per_class_flag(config: dict) -> str:
     return "" if steps == DEFAULT_STEPS else f" --per-class {steps // N_WAY}"
 
 
-def _network_flag(config: dict) -> str:
+def _network_pairs(config: dict) -> str:
+    """The run's network overrides as ``KEY=VALUE`` words ("" if none)."""
     net = config.get("network") or {}
-    pairs = " ".join(f"{k}={str(v).lower()}" for k, v in sorted(net.items()))
+    return " ".join(f"{k}={str(v).lower()}" for k, v in sorted(net.items()))
+
+
+def _network_flag(config: dict) -> str:
+    pairs = _network_pairs(config)
     return f" --network {pairs}" if pairs else ""
 
 
@@ -245,7 +250,7 @@ def write_markdown(payload: dict) -> None:
         minutes = r["train_minutes"] if wall is None else wall
         met = acc[1] >= TARGET_SECOND and minutes <= TARGET_MINUTES
         lines.append(
-            f"| {c['model']}{_network_flag(c).replace(' --network', ',')} "
+            f"| {', '.join(filter(None, [c['model'], _network_pairs(c)]))} "
             f"| {c['batch_size']} | {_steps(c)} "
             f"| {c['lr']:g} ({c['schedule']}) "
             f"| {'yes' if c.get('compile') else 'no'} "

@@ -256,14 +256,11 @@ class EpisodeSampler:
         # K samples of each chosen class: without replacement when it has K.
         base = (chosen % n_base).ravel()  # (B * W,)
         sizes = self._sizes[base]
+        pos = np.empty((B * W, K), dtype=np.int64)
         small = sizes < K
         if small.any():  # too few samples: K with replacement
-            pos = np.empty((B * W, K), dtype=np.int64)
             pos[small] = rng.integers(0, sizes[small, None], (int(small.sum()), K))
-            if not small.all():
-                pos[~small] = _distinct(rng, sizes[~small], K)
-        else:
-            pos = _distinct(rng, sizes, K)
+        pos[~small] = _distinct(rng, sizes[~small], K)  # draws nothing when empty
         idx = self._order[self._starts[base][:, None] + pos].reshape(B, T)
         # Steps of each class side by side, then shuffled per episode.
         perm = np.argsort(rng.random((B, T)), axis=1)

@@ -383,7 +383,7 @@ def _compile_training_forward(
                     "Compiling the training step (torch.compile): a few minutes "
                     "the first time, seconds once its kernels are cached on disk."
                 )
-            started.append(True)
+                started.append(True)
             try:
                 return compiled(*args, **kwargs)
             except BackendCompilerFailed as exc:
