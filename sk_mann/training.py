@@ -371,8 +371,16 @@ def _compile_training_forward(
     # Imported here: torch._dynamo takes most of a second to import.
     from torch._dynamo.exc import BackendCompilerFailed
 
+    from ._graph_passes import MergeAccumulatedProducts
+
     eager = module.forward
-    compiled = torch.compile(eager, dynamic=False)
+    # The pass sums each weight gradient over the episode's steps in one
+    # product instead of a chain of small ones (see _graph_passes).
+    compiled = torch.compile(
+        eager,
+        dynamic=False,
+        options={"post_grad_custom_post_pass": MergeAccumulatedProducts()},
+    )
     started: list[bool] = []
 
     def forward(*args: Any, **kwargs: Any) -> Any:

@@ -365,8 +365,19 @@ def test_resume_with_a_lower_constant_lr_uses_it(tmp_path, prototypes_data):
 
 # torch.compile imports code that uses torch's own deprecated torch.jit API.
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
-def test_compiled_training_matches_eager(tiny_sampler, capsys):
+def test_compiled_training_matches_eager(tiny_sampler, capsys, monkeypatch):
     """compile=True trains the same network (up to rounding), then undoes itself."""
+    import sk_mann._graph_passes as passes
+
+    # Kernels from inductor's disk cache would skip the graph pass: build anew.
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+    merged = []
+    real_merge = passes.merge_accumulated_products
+    monkeypatch.setattr(
+        passes,
+        "merge_accumulated_products",
+        lambda graph: merged.append(real_merge(graph)) or merged[-1],
+    )
     eager, compiled = tiny_mann(), tiny_mann()
     meta_train(eager, tiny_sampler, n_episodes=2 * EPOCH, **TINY)
     from torch._dynamo.utils import counters
@@ -378,6 +389,9 @@ def test_compiled_training_matches_eager(tiny_sampler, capsys):
     # Said once, before the first (compiling) batch.
     assert capsys.readouterr().out.count("Compiling the training step") == 1
     assert counters["stats"]["unique_graphs"] > graphs  # it really compiled
+    # Forward graph: nothing to merge; backward: the recurrent and head weights'
+    # gradients, each summed over the steps in one product.
+    assert merged == [0, 2]
     assert "forward" not in vars(compiled)  # the eager method is back
     assert not params_equal(compiled, tiny_mann())  # it did train
     for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
