@@ -139,6 +139,29 @@ class TimeBudget(Callback):
             raise KeyboardInterrupt
 
 
+def _instance_order(key: str) -> tuple[str, int]:
+    """``heldout_acc_10`` after ``heldout_acc_2``: numbered keys by their number."""
+    stem, _, number = key.rpartition("_")
+    return (stem, int(number)) if number.isdigit() else (key, -1)
+
+
+class _EpochLog(PrintLog):
+    """skorch's epoch table, held-out accuracy columns in instance order.
+
+    skorch sorts columns by name, which puts ``heldout_acc_10`` between
+    ``heldout_acc_1`` and ``heldout_acc_2``; here the accuracy columns keep
+    their places in the table but follow the instances (1, 2, 3, 5, 10).
+    """
+
+    def _sorted_keys(self, keys):  # noqa: D102
+        order = super()._sorted_keys(keys)
+        spots = [i for i, k in enumerate(order) if k.startswith("heldout_acc_")]
+        ranked = sorted((order[i] for i in spots), key=_instance_order)
+        for i, key in zip(spots, ranked):
+            order[i] = key
+        return order
+
+
 class HeldOutAccuracy(Callback):
     """Log per-instance accuracy on held-out classes every ``every`` epochs.
 
@@ -317,7 +340,7 @@ def meta_train(
         iterator_train__collate_fn=_first_item,
         callbacks=callbacks,
         # PrintLog prints the epoch lines; only the per-batch bar is optional.
-        callbacks__print_log=PrintLog() if verbose else None,
+        callbacks__print_log=_EpochLog() if verbose else None,
         device=device,
         **opt_kwargs,
     )

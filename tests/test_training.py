@@ -264,16 +264,21 @@ def test_time_budget_callback():
         cb.on_epoch_end(None)
 
 
-@pytest.mark.parametrize("eval_every, recorded", [(1, [1, 2, 3]), (2, [2, 3])])
-def test_heldout_accuracy_is_recorded(tiny_sampler, eval_every, recorded):
-    """Every ``eval_every`` epochs and always after the last one."""
+@pytest.fixture
+def heldout():
+    """Held-out episodes of 3 classes x 2 instances (later instances: NaN)."""
     rng = np.random.default_rng(1)
-    heldout = EpisodeSampler(
+    return EpisodeSampler(
         rng.random((50, 8)).astype(np.float32),
         np.repeat(np.arange(5), 10),
         n_way=3,
         n_per_class=2,
     )
+
+
+@pytest.mark.parametrize("eval_every, recorded", [(1, [1, 2, 3]), (2, [2, 3])])
+def test_heldout_accuracy_is_recorded(tiny_sampler, heldout, eval_every, recorded):
+    """Every ``eval_every`` epochs and always after the last one."""
     module = tiny_mann()
     net = meta_train(
         module,
@@ -295,6 +300,30 @@ def test_heldout_accuracy_is_recorded(tiny_sampler, eval_every, recorded):
     )
     got = [net.history[-1, f"heldout_acc_{k}"] for k in (1, 2)]
     assert_allclose(got, np.round(100 * np.array(want["accuracy"]), 2))
+
+
+def test_epoch_table_lists_instances_in_order(tiny_sampler, heldout, capsys):
+    """The printed held-out columns follow the instances: 1, 2, 3, 5, 10 (not 1, 10)."""
+    capsys.readouterr()
+    net = meta_train(
+        tiny_mann(),
+        tiny_sampler,
+        n_episodes=EPOCH,
+        eval_sampler=heldout,
+        eval_episodes=4,
+        **{**TINY, "verbose": 1},
+    )
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if "heldout_acc_1" in line)
+    header = lines[at].split()
+    columns = [c for c in header if c.startswith("heldout_acc_")]
+    assert columns == [f"heldout_acc_{k}" for k in (1, 2, 3, 5, 10)]
+    # Each printed value sits under its own header (row: the line after the rule).
+    row = dict(zip(header, lines[at + 2].split(), strict=False))
+    for k in (1, 2):  # (episodes of 2 per class: later instances are NaN)
+        assert float(row[f"heldout_acc_{k}"]) == pytest.approx(
+            net.history[-1, f"heldout_acc_{k}"], abs=1e-4
+        )
 
 
 @pytest.mark.parametrize("clip_value, present", [(10.0, True), (None, False)])
