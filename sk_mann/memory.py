@@ -36,7 +36,7 @@ __all__ = [
     "erase_least_used",
     "initial_state",
     "least_used_weights",
-    "least_used_weights_ranked",
+    "least_used_weights_argmin",
     "lrua_step",
     "lrua_step_fused",
     "read",
@@ -187,15 +187,16 @@ def least_used_weights(usage: Tensor, n: int) -> Tensor:
     return mask.scatter_(1, order, 1.0)
 
 
-def least_used_weights_ranked(usage: Tensor, n: int) -> Tensor:
-    """:func:`least_used_weights` from ranks: the same mask, no sort.
+def least_used_weights_argmin(usage: Tensor, n: int) -> Tensor:
+    """:func:`least_used_weights` from ``n`` successive argmins: no sort.
 
-    Slot ``i``'s rank counts the slots used less, or as much with a lower index
-    (the stable sort's order); the mask keeps ranks below ``n``. It compares
-    every pair of slots, ``(batch, slots, slots)`` of work that
-    ``torch.compile`` fuses into one kernel, where a sort stays a separate
-    library call (5 ms of a 65 ms training step at batch 16). In eager mode
-    the sort is faster; :func:`lrua_step_fused` picks by mode.
+    Each round marks the least-used slot not yet marked (``argmin`` returns
+    the lowest index among equal values, the stable sort's order). Under
+    ``torch.compile`` the rounds fuse with their neighbours into a few
+    reductions over the slots, where a sort stays a separate library call
+    (5 ms of a 65 ms training step at batch 16) and ranks from comparing
+    every pair of slots cost ``slots`` times more work. In eager mode the sort
+    is faster; :func:`lrua_step_fused` picks by mode.
 
     Parameters
     ----------
@@ -208,11 +209,11 @@ def least_used_weights_ranked(usage: Tensor, n: int) -> Tensor:
         Exactly :func:`least_used_weights` (tested, ties included).
     """
     u = usage.detach()
-    below = u.unsqueeze(-2) < u.unsqueeze(-1)  # [b, i, j]: u_j < u_i
-    slots = torch.arange(u.shape[-1], device=u.device)
-    tie_before = (u.unsqueeze(-2) == u.unsqueeze(-1)) & (slots < slots.unsqueeze(-1))
-    rank = (below | tie_before).sum(dim=-1)
-    return (rank < n).to(usage.dtype)
+    mask = torch.zeros_like(u)
+    for _ in range(n):
+        free = torch.where(mask > 0, torch.full_like(u, float("inf")), u)
+        mask = mask.scatter(-1, torch.argmin(free, dim=-1, keepdim=True), 1.0)
+    return mask
 
 
 def write_weights(gate: Tensor, prev_read_w: Tensor, prev_least_used: Tensor) -> Tensor:
@@ -365,8 +366,8 @@ def lrua_step_fused(
     else:
         reads = torch.bmm(read_w, source)
     usage = gamma * state.usage + (read_w + write_w).sum(dim=1)
-    if fusing:  # a sort stays a library call; ranks fuse
-        least_used = least_used_weights_ranked(usage, n_reads)
+    if fusing:  # a sort stays a library call; argmins fuse
+        least_used = least_used_weights_argmin(usage, n_reads)
     else:
         least_used = least_used_weights(usage, n_reads)
     return reads, MemoryState(new_memory, usage, read_w, least_used)

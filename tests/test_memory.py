@@ -275,10 +275,10 @@ def test_update_usage_matches_reference(batch, heads, slots, width, gamma):
     assert_allclose(got, ref_usage(u, r, w, gamma), rtol=1e-12)
 
 
-LEAST_USED = [mem.least_used_weights, mem.least_used_weights_ranked]
+LEAST_USED = [mem.least_used_weights, mem.least_used_weights_argmin]
 
 
-@pytest.mark.parametrize("least_used", LEAST_USED, ids=["sort", "ranked"])
+@pytest.mark.parametrize("least_used", LEAST_USED, ids=["sort", "argmin"])
 @pytest.mark.parametrize("n", [1, 2, 3])
 @pytest.mark.parametrize("batch, heads, slots, width", SHAPES)
 def test_least_used_weights_match_reference(batch, heads, slots, width, n, least_used):
@@ -445,13 +445,13 @@ def test_update_usage_hand_case():
         ([2.0, 1.0, 1.0, 0.5, 3.0], 2, [0, 1, 0, 1, 0]),
     ],
 )
-@pytest.mark.parametrize("least_used", LEAST_USED, ids=["sort", "ranked"])
+@pytest.mark.parametrize("least_used", LEAST_USED, ids=["sort", "argmin"])
 def test_least_used_hand_cases(usage, n, expected, least_used):
     got = least_used(t([usage]), n).numpy()[0]
     assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("least_used", LEAST_USED, ids=["sort", "ranked"])
+@pytest.mark.parametrize("least_used", LEAST_USED, ids=["sort", "argmin"])
 def test_least_used_is_not_most_used(least_used):
     """Regression: one reproduction used top-k the wrong way and took the most-used."""
     usage = t([[0.5, 0.1, 0.9, 0.2]])
@@ -460,7 +460,7 @@ def test_least_used_is_not_most_used(least_used):
     assert_array_equal(got, [0, 1, 0, 1])
 
 
-@pytest.mark.parametrize("least_used", LEAST_USED, ids=["sort", "ranked"])
+@pytest.mark.parametrize("least_used", LEAST_USED, ids=["sort", "argmin"])
 def test_least_used_is_a_constant_mask(least_used):
     usage = torch.tensor([[0.5, 0.1, 0.9]], dtype=torch.float64, requires_grad=True)
     assert not least_used(usage, 1).requires_grad
