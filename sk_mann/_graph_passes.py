@@ -65,16 +65,11 @@ def _chain(end: torch.fx.Node) -> tuple[list[torch.fx.Node], Any]:
 
 def _fake(fn: Any, *args: Any) -> Any:
     """``fn`` on the nodes' example values (FakeTensors), for ``meta["val"]``."""
-    missing: list[torch.fx.Node] = []
-
-    def val(node: torch.fx.Node) -> Any:
-        if "val" not in node.meta:
-            missing.append(node)
-        return node.meta.get("val")
-
-    vals = torch.fx.node.map_arg(args, val)
-    if missing:
+    nodes: list[torch.fx.Node] = []
+    torch.fx.node.map_arg(args, nodes.append)
+    if any("val" not in node.meta for node in nodes):
         return None
+    vals = torch.fx.node.map_arg(args, lambda node: node.meta["val"])
     leaves = torch.utils._pytree.tree_leaves(vals)
     mode = detect_fake_mode() or next(
         (v.fake_mode for v in leaves if isinstance(v, FakeTensor)), None

@@ -211,7 +211,7 @@ def least_used_weights_argmin(usage: Tensor, n: int) -> Tensor:
     u = usage.detach()
     mask = torch.zeros_like(u)
     for _ in range(n):
-        free = torch.where(mask > 0, torch.full_like(u, float("inf")), u)
+        free = u.masked_fill(mask > 0, float("inf"))
         mask = mask.scatter(-1, torch.argmin(free, dim=-1, keepdim=True), 1.0)
     return mask
 
