@@ -218,10 +218,6 @@ class EpisodeSampler:
         self._order = np.argsort(y_idx, kind="stable")
         self._sizes = np.bincount(y_idx, minlength=n_classes)
         self._starts = np.cumsum(self._sizes) - self._sizes
-        # A turn by k * 90 degrees of a row-major image permutes its pixels.
-        if rotate_classes:
-            pixels = np.arange(self.X.shape[1]).reshape(image_shape)
-            self._turns = np.stack([np.rot90(pixels, k=k).ravel() for k in range(4)])
         self.n_way = n_way
         self.n_per_class = n_per_class
         self.scheme: LabelScheme = scheme or make_label_scheme(labels, n_way)
@@ -282,15 +278,20 @@ class EpisodeSampler:
         )
 
     def _gather(self, idx: np.ndarray, rot: np.ndarray) -> np.ndarray:
-        """Rows ``idx`` of ``X``, each turned by ``rot * 90`` degrees.
+        """Rows ``idx`` of ``X``, each turned by ``rot * 90`` degrees (``np.rot90``).
 
-        A turn of a row-major image permutes its pixels, so the rows and their
-        turns are one gather (``np.rot90``'s turn, exactly: tested).
+        The rows of each turn are gathered and turned together: one index per
+        pixel (an ``(n, n_features)`` index array) made the gather ~10x slower.
         """
         if self.n_rotations == 1:
             return self.X[idx]
-        flat = idx[:, None] * self.X.shape[1] + self._turns[rot]
-        return self.X.ravel()[flat]
+        n, (h, w) = len(idx), self.image_shape
+        out = np.empty((n, self.X.shape[1]), dtype=self.X.dtype)
+        for k in range(self.n_rotations):
+            sel = np.flatnonzero(rot == k)
+            images = self.X[idx[sel]].reshape(len(sel), h, w)
+            out[sel] = np.rot90(images, k=k, axes=(1, 2)).reshape(len(sel), -1)
+        return out
 
     def _jitter(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The random shift and rotation of every row (``augment``)."""
