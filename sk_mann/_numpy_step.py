@@ -126,6 +126,9 @@ class NumpyMANN:
         #: Scratch space of the estimator streaming through this engine.
         self.memo: tuple | None = None
         self.row_memo: tuple = ((), None)
+        #: ``label_terms`` by label vector, for the weights version ``_terms_of``.
+        self._terms: dict = {}
+        self._terms_of: tuple | None = None
         #: Whether the last compiled step read the weights backwards.
         self._reverse = False
         #: ``(h, [h; reads])`` of the last committed state (see ``_rec_of``).
@@ -134,6 +137,28 @@ class NumpyMANN:
     def weights_version(self) -> tuple:
         """Torch's version counters of the weights: they change on in-place updates."""
         return tuple(map(_VERSION, self._params))
+
+    def label_terms(
+        self, label: np.ndarray, version: tuple | None = None
+    ) -> np.ndarray:
+        """``b + W_label y``, the gate terms of a previous label (compiled path).
+
+        With ``version`` (:meth:`weights_version`, as the caller just read it)
+        the terms are cached per label vector until the version changes: a
+        stream has a handful of label codes, so it reads those weight columns
+        once per code instead of once per sample.
+        """
+        label = self.label_row(label)
+        if version is None:
+            return _jit_step.label_terms(self.w_in, self.b_in, self._n_x, label)
+        if version != self._terms_of:
+            self._terms, self._terms_of = {}, version
+        key = label.tobytes()
+        terms = self._terms.get(key)
+        if terms is None:
+            terms = _jit_step.label_terms(self.w_in, self.b_in, self._n_x, label)
+            self._terms[key] = terms
+        return terms
 
     @staticmethod
     def state_to_numpy(state: MANNState) -> MANNState:
@@ -385,7 +410,9 @@ class NumpyMANN:
         return self._logits(h, reads)
 
     # ------------------------------------------------ single-row streaming path
-    def prepare(self, state: MANNState, label: np.ndarray) -> np.ndarray:
+    def prepare(
+        self, state: MANNState, label: np.ndarray, terms: np.ndarray | None = None
+    ) -> np.ndarray:
         """Gate pre-activations of the next step that do not depend on its input.
 
         ``b + W_label y_{t-1} + W_rec [h_{t-1}; r_{t-1}]``: known as soon as a
@@ -396,19 +423,14 @@ class NumpyMANN:
         ----------
         state : MANNState of NumPy arrays, batch 1
         label : ndarray of shape (1, n_label_inputs) or (n_label_inputs,)
+        terms : ndarray, optional
+            :meth:`label_terms` of ``label``, if already known.
         """
         if self.jit:  # the same sums as the compiled step's
+            if terms is None:
+                terms = self.label_terms(label)
             rec, w_rec = self._rec_of(state)
-            return _jit_step.prepare(
-                self.w_in,
-                self.b_in,
-                self._n_x,
-                self.label_row(label),
-                w_rec,
-                rec,
-                self._H,
-                self.n_threads,
-            )
+            return _jit_step.prepare(terms, w_rec, rec, self._H, self.n_threads)
         base = self.b_in + np.ravel(label) @ self.w_label_t
         if self.w_rec_t is not None:
             base += self._rec_input(state.h[0], state.reads[0]) @ self.w_rec_t
@@ -420,6 +442,7 @@ class NumpyMANN:
         state: MANNState,
         label: np.ndarray,
         base: np.ndarray | None = None,
+        terms: np.ndarray | None = None,
     ) -> tuple[np.ndarray, PendingStep]:
         """One step for one row, from a batch-1 state and the previous label.
 
@@ -437,6 +460,8 @@ class NumpyMANN:
         base : ndarray, optional
             :meth:`prepare` of ``state`` and ``label``, if already known (a
             step computes it otherwise, and returns it as ``pending.base``).
+        terms : ndarray, optional
+            :meth:`label_terms` of ``label``, if already known (compiled path).
 
         Returns
         -------
@@ -452,12 +477,14 @@ class NumpyMANN:
             have_base = base is not None
             if not have_base:
                 base = np.empty(self.b_in.shape[0], self.dtype)
+                if terms is None:
+                    terms = self.label_terms(label)
             rec, w_rec = self._rec_of(state)
             logits, hr, c, memory, read_w, usage, least_used = _jit_step.step(
                 x,
                 base,
                 have_base,
-                self.label_row(label),
+                terms if terms is not None else self.b_in,  # unread given base
                 rec,
                 state.c[0],
                 mem.usage[0],
@@ -467,7 +494,6 @@ class NumpyMANN:
                 self.n_threads,
                 self._reverse,
                 self.w_in,
-                self.b_in,
                 w_rec,
                 self.w_head,
                 self.b_head,

@@ -75,6 +75,7 @@ class _StreamMemo(NamedTuple):
     weights_version: tuple
     np_state: Any  # NumPy views of ``state``
     label: np.ndarray  # the vector of ``prev_code``, 1-D, the network's dtype
+    terms: np.ndarray | None  # its gate terms (compiled path; see label_terms)
     base: np.ndarray | None  # the next step's gate terms without x, once known
     pending: tuple | None = None  # (row, x, step) of the last one-row prediction
 
@@ -605,8 +606,12 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
 
     def _fresh_memo(self, state, np_state, version: tuple) -> _StreamMemo:
         """The memo of ``state`` and ``prev_code_``, before any step from them."""
-        label = self._numpy_.label_row(self._label_vector(self.prev_code_))
-        return _StreamMemo(state, self.prev_code_, version, np_state, label, None)
+        fast = self._numpy_
+        label = fast.label_row(self._label_vector(self.prev_code_))
+        terms = fast.label_terms(label, version) if fast.jit else None
+        return _StreamMemo(
+            state, self.prev_code_, version, np_state, label, terms, None
+        )
 
     def _stream_threads(self) -> int:
         """``n_jobs`` as a number of threads."""
@@ -619,8 +624,10 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         """Logits of one row on the NumPy path; remembers the step for learn_one."""
         memo = self._stream_cache()
         x = np.ascontiguousarray(row, dtype=self._numpy_.dtype)
-        logits, step = self._numpy_.step_one(x, memo.np_state, memo.label, memo.base)
-        self._numpy_.memo = _StreamMemo(*memo[:5], step.base, (row, x, step))
+        logits, step = self._numpy_.step_one(
+            x, memo.np_state, memo.label, memo.base, memo.terms
+        )
+        self._numpy_.memo = _StreamMemo(*memo[:6], step.base, (row, x, step))
         return logits
 
     def _write(self, X: np.ndarray, y) -> None:
@@ -645,7 +652,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             if pending is not None and np.array_equal(pending[1], x):
                 step = pending[2]
             else:
-                _, step = fast.step_one(x, memo.np_state, memo.label, memo.base)
+                _, step = fast.step_one(
+                    x, memo.np_state, memo.label, memo.base, memo.terms
+                )
         new = fast.commit(step, memo.np_state)
         self.prev_code_ = self._bind(label)
         # On the NumPy path the state stays NumPy arrays (pickled as such).
@@ -676,7 +685,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             memo = self._stream_cache()
             np_state, base = memo.np_state, memo.base
             if base is None:
-                base = self._numpy_.prepare(np_state, memo.label)
+                base = self._numpy_.prepare(np_state, memo.label, memo.terms)
                 self._numpy_.memo = memo._replace(base=base)
             columns = self.scheme_.output_columns(codes)
 
