@@ -126,9 +126,12 @@ class NumpyMANN:
         #: Scratch space of the estimator streaming through this engine.
         self.memo: tuple | None = None
         self.row_memo: tuple = ((), None)
-        #: ``label_terms`` by label vector, for the weights version ``_terms_of``.
-        self._terms: dict = {}
-        self._terms_of: tuple | None = None
+        #: The streaming estimator's label vector and ``label_terms`` per code,
+        #: for the scheme ``by_code_of`` and the weights version
+        #: ``by_code_version``: a stream has a handful of label codes, so it
+        #: reads those weight columns once per code, not once per sample.
+        self.by_code: dict = {}
+        self.by_code_of = self.by_code_version = None
         #: Whether the last compiled step read the weights backwards.
         self._reverse = False
         #: ``(h, [h; reads])`` of the last committed state (see ``_rec_of``).
@@ -138,27 +141,11 @@ class NumpyMANN:
         """Torch's version counters of the weights: they change on in-place updates."""
         return tuple(map(_VERSION, self._params))
 
-    def label_terms(
-        self, label: np.ndarray, version: tuple | None = None
-    ) -> np.ndarray:
-        """``b + W_label y``, the gate terms of a previous label (compiled path).
-
-        With ``version`` (:meth:`weights_version`, as the caller just read it)
-        the terms are cached per label vector until the version changes: a
-        stream has a handful of label codes, so it reads those weight columns
-        once per code instead of once per sample.
-        """
-        label = self.label_row(label)
-        if version is None:
-            return _jit_step.label_terms(self.w_in, self.b_in, self._n_x, label)
-        if version != self._terms_of:
-            self._terms, self._terms_of = {}, version
-        key = label.tobytes()
-        terms = self._terms.get(key)
-        if terms is None:
-            terms = _jit_step.label_terms(self.w_in, self.b_in, self._n_x, label)
-            self._terms[key] = terms
-        return terms
+    def label_terms(self, label: np.ndarray) -> np.ndarray:
+        """``b + W_label y``, the gate terms of a previous label (compiled path)."""
+        return _jit_step.label_terms(
+            self.w_in, self.b_in, self._n_x, self.label_row(label)
+        )
 
     @staticmethod
     def state_to_numpy(state: MANNState) -> MANNState:

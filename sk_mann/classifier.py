@@ -13,7 +13,7 @@ import sys
 import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,17 +67,32 @@ def _atomic(method):
     return wrapper
 
 
-class _StreamMemo(NamedTuple):
-    """What streaming derives from the committed state (see ``_stream_cache``)."""
+class _StreamMemo:
+    """What streaming derives from the committed state (see ``_stream_cache``).
 
-    state: Any  # the ``_state_`` object it was derived from
-    prev_code: int
-    weights_version: tuple
-    np_state: Any  # NumPy views of ``state``
-    label: np.ndarray  # the vector of ``prev_code``, 1-D, the network's dtype
-    terms: np.ndarray | None  # its gate terms (compiled path; see label_terms)
-    base: np.ndarray | None  # the next step's gate terms without x, once known
-    pending: tuple | None = None  # (row, x, step) of the last one-row prediction
+    Slots, not a tuple: a prediction sets ``base`` and ``pending`` in place.
+    """
+
+    __slots__ = (
+        "state",
+        "prev_code",
+        "weights_version",
+        "np_state",
+        "label",
+        "terms",
+        "base",
+        "pending",
+    )
+
+    def __init__(self, state, prev_code, weights_version, np_state, label, terms):
+        self.state = state  # the ``_state_`` object it was derived from
+        self.prev_code: int = prev_code
+        self.weights_version: tuple = weights_version
+        self.np_state = np_state  # NumPy views of ``state``
+        self.label: np.ndarray = label  # ``prev_code``'s vector, 1-D, network dtype
+        self.terms: np.ndarray | None = terms  # its gate terms (see label_terms)
+        self.base: np.ndarray | None = None  # next gate terms without x, once known
+        self.pending: tuple | None = None  # (row, x, step) of the last prediction
 
 
 def _map_state(fn, state):
@@ -590,7 +605,8 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         was, and pickles and copies rebuild it.
         """
         fast = self._numpy_
-        fast.n_threads = self._stream_threads()  # n_jobs may have been reset
+        # n_jobs may have been reset since the last call.
+        fast.n_threads = 1 if self.n_jobs is None else self._stream_threads()
         memo, version = fast.memo, fast.weights_version()
         if (
             memo is None
@@ -606,12 +622,18 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
 
     def _fresh_memo(self, state, np_state, version: tuple) -> _StreamMemo:
         """The memo of ``state`` and ``prev_code_``, before any step from them."""
-        fast = self._numpy_
-        label = fast.label_row(self._label_vector(self.prev_code_))
-        terms = fast.label_terms(label, version) if fast.jit else None
-        return _StreamMemo(
-            state, self.prev_code_, version, np_state, label, terms, None
-        )
+        fast, code = self._numpy_, self.prev_code_
+        # The label's vector and gate terms, kept per code for the scheme and
+        # the weights they were made with.
+        if fast.by_code_of is not self.scheme_ or fast.by_code_version != version:
+            fast.by_code, fast.by_code_of = {}, self.scheme_
+            fast.by_code_version = version
+        entry = fast.by_code.get(code)
+        if entry is None:
+            label = fast.label_row(self._label_vector(code))
+            terms = fast.label_terms(label) if fast.jit else None
+            entry = fast.by_code[code] = (label, terms)
+        return _StreamMemo(state, code, version, np_state, *entry)
 
     def _stream_threads(self) -> int:
         """``n_jobs`` as a number of threads."""
@@ -627,7 +649,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         logits, step = self._numpy_.step_one(
             x, memo.np_state, memo.label, memo.base, memo.terms
         )
-        self._numpy_.memo = _StreamMemo(*memo[:6], step.base, (row, x, step))
+        memo.base, memo.pending = step.base, (row, x, step)
         return logits
 
     def _write(self, X: np.ndarray, y) -> None:
@@ -685,8 +707,9 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             memo = self._stream_cache()
             np_state, base = memo.np_state, memo.base
             if base is None:
-                base = self._numpy_.prepare(np_state, memo.label, memo.terms)
-                self._numpy_.memo = memo._replace(base=base)
+                base = memo.base = self._numpy_.prepare(
+                    np_state, memo.label, memo.terms
+                )
             columns = self.scheme_.output_columns(codes)
 
             def score(start: int) -> None:
@@ -772,9 +795,12 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         codes, scores = self._code_scores_fast(row)
         if isinstance(scores, list):
             top = max(scores)
-            gap = _TIE_GAP * (1.0 + abs(top))
-            if sum(top - v <= gap for v in scores) == 1:  # no near-tie: the top
-                return self.class_objects_[_key(self.codes_[codes[scores.index(top)]])]
+            i_top = scores.index(top)
+            # No near-tie when the runner-up (the top's value may appear again)
+            # is further than the gap: the top.
+            runner = max(scores[:i_top] + scores[i_top + 1 :], default=-math.inf)
+            if top - runner > _TIE_GAP * (1.0 + abs(top)):
+                return self.class_objects_[_key(self.codes_[codes[i_top]])]
         # Near-ties: equal probabilities decide, as max over predict_proba_one's
         # dict would (two scores 1e-16 apart can round to the same one).
         p = _softmax(scores)
@@ -820,9 +846,8 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                 # not a number, raises and takes the general path below.
                 dtype = np.float64 if fast is None else fast.dtype
                 packed = _row_struct(len(values), dtype == np.float32).pack(*values)
-                row = np.frombuffer(packed, dtype)
+                row = np.frombuffer(packed, dtype)  # read-only: a view of bytes
                 if _all_finite(row):
-                    row.flags.writeable = False
                     if fast is not None:
                         fast.row_memo = (values, row)
                     return row
