@@ -737,6 +737,16 @@ def test_predict_one_rejects_non_dicts(data, fitted, kind):
         fitted.predict_one(x)
 
 
+def test_river_rows_are_read_only(data, fitted):
+    """The row of a dict is memoised for learn_one: nobody may write to it."""
+    _, _, Xn, _ = data
+    est = copy.deepcopy(fitted)
+    row = est._dict_to_row(as_dict(Xn[0]))
+    assert not row.flags.writeable
+    assert est._dict_to_row(as_dict(Xn[0])) is row  # the memo's row
+    np.testing.assert_allclose(row, Xn[0], rtol=1e-6)
+
+
 def test_none_feature_value_counts_as_missing(data, fitted):
     _, _, Xn, _ = data
     row = as_dict(Xn[0])
