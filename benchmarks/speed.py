@@ -32,7 +32,14 @@ import time
 
 import numpy as np
 import torch
-from _common import RESULTS, metadata, produced_by, pyplot, write_json
+from _common import (
+    RESULTS,
+    machine_line,
+    metadata,
+    produced_by,
+    pyplot,
+    write_json,
+)
 
 from sk_mann import MANNOneShotClassifier, _jit_step
 from sk_mann.model import MANN
@@ -513,7 +520,7 @@ def write_markdown(p: dict) -> None:
         "",
         f"Matmul peak measured in the same run: {p['matmul_peak_gflops']:.0f} GFLOP/s "
         f"({p['threads']} threads). FLOPs per episode (forward + backward): "
-        f"{p['flops_per_episode'] / 1e6:.0f} MFLOP.",
+        f"{p['flops_per_episode'] / 1e6:.0f} MFLOP. {machine_line(p)}.",
         "",
         "| meta-training batch | compiled | episodes/s | achieved GFLOP/s "
         "| % of matmul peak | warm-up (s) | eager, alternated step for step |",

@@ -126,3 +126,20 @@ def test_speed_streaming_rounds_are_spread_and_counted(small_speed):
         }
     )
     assert "default: 90k / 120k; n_jobs=2: 100k." in text
+
+
+def test_runs_record_the_cpu_and_its_caches(monkeypatch):
+    """Hosts differ between sessions: a run says which CPU it measured."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _common
+
+    machine = _common.metadata()["machine"]
+    if sys.platform.startswith("linux"):
+        assert machine["cpu_model"]
+        assert "L2" in machine["caches"]
+    line = _common.machine_line({"machine": machine})
+    assert line.startswith("CPU: ")
+    old = {"machine": {"processor": "x86_64", "cpu_count": 2}}  # older runs
+    assert _common.machine_line(old) == "CPU: x86_64, 2 CPUs"
+    new = {"machine": {"cpu_model": "X", "caches": {"L2": "512K"}, "cpu_count": 2}}
+    assert _common.machine_line(new) == "CPU: X (L2 512K), 2 CPUs"
