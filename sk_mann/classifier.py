@@ -605,8 +605,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         was, and pickles and copies rebuild it.
         """
         fast = self._numpy_
-        # n_jobs may have been reset since the last call.
-        fast.n_threads = 1 if self.n_jobs is None else self._stream_threads()
+        fast.n_threads = self._stream_threads()  # n_jobs may have been reset
         memo, version = fast.memo, fast.weights_version()
         if (
             memo is None
