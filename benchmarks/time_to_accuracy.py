@@ -65,7 +65,8 @@ def run_name(args: argparse.Namespace) -> str:
         name += f"_T{N_WAY * args.per_class}"
     for key, value in sorted(args.network.items()):
         name += f"_{key}{value}"
-    return name + ("_compiled" if args.compile else "")
+    name += "_compiled" if args.compile else ""
+    return name + (f"_w{args.workers}" if args.workers > 1 else "")
 
 
 def _parse_network(items: list[str]) -> dict:
@@ -101,6 +102,7 @@ def train(args: argparse.Namespace) -> None:
         "max_minutes": args.minutes,
         "threads": args.threads,
         "compile": args.compile,
+        "workers": args.workers,
         "eval_every": args.eval_every,
         "train_episode_length": N_WAY * args.per_class,
         "network": args.network,
@@ -123,6 +125,7 @@ def train(args: argparse.Namespace) -> None:
         max_time=args.minutes * 60,
         progress_bar=False,
         compile=args.compile,
+        workers=args.workers,
         **settings,
     )
     config["wall_seconds"] = time.monotonic() - t0  # this segment, all included
@@ -229,6 +232,12 @@ def _network_flag(config: dict) -> str:
     return f" --network {pairs}" if pairs else ""
 
 
+def _workers(config: dict) -> str:
+    """ "2 workers" for a data-parallel run ("" for one process)."""
+    n = config.get("workers", 1)
+    return f"{n} workers" if n > 1 else ""
+
+
 def write_markdown(payload: dict) -> None:
     cols = [INSTANCES.index(i) for i in TABLE_INSTANCES]
     head = " / ".join(f"{i}" for i in TABLE_INSTANCES)
@@ -249,8 +258,9 @@ def write_markdown(payload: dict) -> None:
         wall = r.get("wall_minutes")
         minutes = r["train_minutes"] if wall is None else wall
         met = acc[1] >= TARGET_SECOND and minutes <= TARGET_MINUTES
+        label = ", ".join(filter(None, [c["model"], _network_pairs(c), _workers(c)]))
         lines.append(
-            f"| {', '.join(filter(None, [c['model'], _network_pairs(c)]))} "
+            f"| {label} "
             f"| {c['batch_size']} | {_steps(c)} "
             f"| {c['lr']:g} ({c['schedule']}) "
             f"| {'yes' if c.get('compile') else 'no'} "
@@ -284,6 +294,7 @@ def write_markdown(payload: dict) -> None:
             f"--threads {c['threads']}"
             + _per_class_flag(c)
             + _network_flag(c)
+            + (f" --workers {c['workers']}" if c.get("workers", 1) > 1 else "")
             + (" --compile`" if c.get("compile") else "`")
         )
     notes = [
@@ -369,6 +380,14 @@ def main() -> None:
     )
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="train: processes sharing each batch, one thread each "
+        "(meta_train(workers=...)); --threads then applies to rank 0's "
+        "held-out checks only",
+    )
     p.add_argument(
         "--compile",
         action="store_true",

@@ -289,6 +289,8 @@ class EpisodeSampler:
         out = np.empty((n, self.X.shape[1]), dtype=self.X.dtype)
         for k in range(self.n_rotations):
             sel = np.flatnonzero(rot == k)
+            if sel.size == 0:  # no class of this batch turned by k quarters
+                continue
             images = self.X[idx[sel]].reshape(len(sel), h, w)
             out[sel] = np.rot90(images, k=k, axes=(1, 2)).reshape(len(sel), -1)
         return out

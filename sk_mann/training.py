@@ -14,6 +14,7 @@ accuracy on held-out classes, logged in the history every few epochs).
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable
@@ -50,22 +51,33 @@ class EpisodeDataset(torch.utils.data.Dataset):
         Items per epoch.
     seed : int
         Item ``i`` of epoch ``e`` is drawn with ``default_rng([seed, e, i])``.
+    rank : int or None, default=None
+        In data-parallel training (``meta_train(workers=n)``), the worker this
+        dataset serves: its items are drawn with ``default_rng([seed, e, i,
+        rank])``, so each worker has its own share of every batch.
     """
 
     def __init__(
-        self, sampler: EpisodeSampler, batch_size: int, n_batches: int, seed: int
+        self,
+        sampler: EpisodeSampler,
+        batch_size: int,
+        n_batches: int,
+        seed: int,
+        rank: int | None = None,
     ):
         self.sampler = sampler
         self.batch_size = batch_size
         self.n_batches = n_batches
         self.seed = seed
+        self.rank = rank
         self.epoch = 0
 
     def __len__(self) -> int:
         return self.n_batches
 
     def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+        key = [self.seed, self.epoch, i]
+        rng = np.random.default_rng(key if self.rank is None else [*key, self.rank])
         ep = self.sampler.sample(self.batch_size, rng)
         X = {"x": torch.from_numpy(ep.x), "label_in": torch.from_numpy(ep.label_in)}
         return X, torch.from_numpy(ep.targets)
@@ -93,6 +105,14 @@ class MetaNet(NeuralNet):
 
     def get_loss(self, y_pred, y_true, X=None, training=False):  # noqa: D102
         return self.scheme.loss(y_pred, y_true.to(y_pred.device))
+
+    def train_step_single(self, batch, **fit_params):  # noqa: D102
+        step = super().train_step_single(batch, **fit_params)
+        exchange = getattr(self, "_exchange", None)
+        if exchange is not None:  # data parallel: the whole batch's gradient
+            params = [p for _, p in self.get_all_learnable_params()]
+            step["loss"] = exchange.mean_gradients(params, step["loss"])
+        return step
 
 
 class _SetEpoch(Callback):
@@ -133,9 +153,34 @@ class TimeBudget(Callback):
     def on_train_begin(self, net, **kwargs):  # noqa: D102
         self._start = time.monotonic()
 
+    def expired(self) -> bool:
+        """Whether ``max_seconds`` have passed since training began."""
+        return time.monotonic() - self._start > self.max_seconds
+
     def on_epoch_end(self, net, **kwargs):  # noqa: D102
-        if time.monotonic() - self._start > self.max_seconds:
+        if self.expired():
             # skorch ends fit quietly on KeyboardInterrupt, with the epoch saved.
+            raise KeyboardInterrupt
+
+
+class _StopTogether(Callback):
+    """Data parallel: every rank ends after the epoch rank 0's budget ends.
+
+    Rank 0 holds the :class:`TimeBudget` (or none); the ranks exchange its
+    verdict at every epoch end, so they all run the same number of epochs.
+    """
+
+    def __init__(self, exchange: Any, budget: TimeBudget | None) -> None:
+        self.exchange = exchange
+        self.budget = budget
+
+    def on_train_begin(self, net, **kwargs):  # noqa: D102
+        if self.budget is not None:
+            self.budget.on_train_begin(net)
+
+    def on_epoch_end(self, net, **kwargs):  # noqa: D102
+        stop = float(self.budget is not None and self.budget.expired())
+        if self.exchange.mean(lambda row: row.fill_(stop), 1).item() > 0:
             raise KeyboardInterrupt
 
 
@@ -230,6 +275,7 @@ def meta_train(
     progress_bar: bool = True,
     verbose: int = 1,
     compile: bool = False,
+    workers: int = 1,
 ) -> MetaNet:
     """Meta-train ``module`` on episodes from ``sampler``; resumable.
 
@@ -273,6 +319,19 @@ def meta_train(
         after a one-off compilation of a few minutes (3-6 on the 2-core
         machine of the benchmarks; needs a C++ compiler). Only training
         batches use it; evaluation stays eager.
+    workers : int, default=1
+        Processes that share each batch (data parallel, CPU only, on
+        platforms that fork: Linux, macOS). The calling process forks
+        ``workers - 1`` copies of itself; each trains on ``batch_size /
+        workers`` episodes of every batch on one thread, and the gradients
+        are averaged before each step, so the update is the whole batch's.
+        Each worker draws its own episodes (``EpisodeDataset(rank=...)``), so
+        a run differs from a one-process run in which episodes it sees, not
+        in what it computes from them. On a small CPU, processes of one
+        thread beat one process of many threads at the paper's batch of 16
+        (see ``benchmarks/results/speed_notes.md``); give one worker per
+        core. With ``compile=True`` every worker compiles its own step
+        (concurrently, from the same kernel cache).
 
     Returns
     -------
@@ -284,8 +343,9 @@ def meta_train(
         raise ValueError(f"optimizer={optimizer!r}: use 'adam' or 'rmsprop'.")
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule={lr_schedule!r}: use 'constant' or 'cosine'.")
+    _check_workers(workers, batch_size, device)
     n_epochs = max(1, math.ceil(n_episodes / (batch_size * batches_per_epoch)))
-    dataset = EpisodeDataset(sampler, batch_size, batches_per_epoch, seed)
+    share = batch_size // workers  # episodes per worker and batch
     callbacks: list[tuple[str, Callback]] = [("set_epoch", _SetEpoch())]
     if clip_value is not None:
         callbacks.append(("clip", GradientValueClipping(clip_value)))
@@ -300,6 +360,7 @@ def meta_train(
                 ),
             )
         )
+    every_rank = list(callbacks)  # the rest runs in rank 0 only
     if eval_sampler is not None:
         callbacks.append(
             ("heldout", HeldOutAccuracy(eval_sampler, eval_episodes, every=eval_every))
@@ -318,8 +379,14 @@ def meta_train(
             load_best=False,
         )
         callbacks.append(("checkpoint", checkpoint))
-    if max_time is not None:  # last, so the epoch is checkpointed before stopping
-        callbacks.append(("time_budget", TimeBudget(max_time)))
+    # Last, so the epoch is checkpointed before stopping.
+    budget = TimeBudget(max_time) if max_time is not None else None
+    stop = None
+    if workers > 1:  # the ranks stop together, when rank 0's budget says so
+        stop = _StopTogether(None, budget)
+        callbacks.append(("stop_together", stop))
+    elif budget is not None:
+        callbacks.append(("time_budget", budget))
     opt_kwargs: dict[str, Any] = {}
     if optimizer == "rmsprop":
         opt_kwargs = {"optimizer__alpha": 0.95, "optimizer__momentum": 0.9}
@@ -355,18 +422,92 @@ def meta_train(
         if verbose:
             print(f"Resuming from {checkpoint_dir}: {done}/{n_epochs} epochs done.")
     remaining = n_epochs - done
-    if remaining > 0:
+    if remaining <= 0:
+        return net
+
+    def train(rank: int | None) -> None:
         restore = None
         if compile:
-            restore = _compile_training_forward(
-                module, batch_size, announce=print if verbose else None
-            )
+            announce = print if verbose and not rank else None
+            restore = _compile_training_forward(module, share, announce=announce)
+        dataset = EpisodeDataset(sampler, share, batches_per_epoch, seed, rank=rank)
         try:
             net.partial_fit(dataset, None, epochs=remaining)
         finally:
             if restore is not None:
                 restore()
+
+    if workers == 1:
+        train(None)
+    else:
+        _train_parallel(net, workers, every_rank, stop, train)
     return net
+
+
+def _check_workers(workers: Any, batch_size: int, device: str) -> None:
+    """Validate ``meta_train``'s ``workers`` before anything is built."""
+    from ._parallel import fork_available
+
+    if (
+        not isinstance(workers, numbers.Integral)
+        or isinstance(workers, bool)
+        or workers < 1
+    ):
+        raise ValueError(
+            f"workers={workers!r}: give a whole number >= 1 (1 trains in this process)."
+        )
+    if workers == 1:
+        return
+    if batch_size % workers:
+        raise ValueError(
+            f"batch_size={batch_size} is not a multiple of workers={workers}: each "
+            "worker trains on an equal share of every batch. Use a batch size "
+            f"such as {workers * max(1, round(batch_size / workers))}, or another "
+            "number of workers."
+        )
+    if torch.device(device).type != "cpu":
+        raise ValueError(
+            f"workers={workers} with device={device!r}: worker processes are for "
+            "CPU training; on an accelerator train in one process (workers=1)."
+        )
+    if not fork_available():
+        raise ValueError(
+            f"workers={workers}: worker processes are started by fork, which this "
+            "platform lacks (Windows); train with workers=1."
+        )
+
+
+def _train_parallel(
+    net: MetaNet,
+    workers: int,
+    every_rank: list[tuple[str, Callback]],
+    stop: _StopTogether,
+    train: Callable[[int | None], None],
+) -> None:
+    """Run ``train(rank)`` in this process (rank 0) and in forked workers."""
+    from ._parallel import Exchange, run_parallel
+
+    params = [p for _, p in net.get_all_learnable_params()]
+    size = sum(p.numel() for p in params) + 1  # the gradients and the loss
+    exchange = Exchange(workers, size, params[0].dtype)
+    stop.exchange = exchange
+
+    def worker(rank: int) -> Callable[[], None]:
+        def run() -> None:
+            # Workers print nothing, evaluate nothing, save nothing.
+            net.callbacks = [*every_rank, ("stop", _StopTogether(exchange, None))]
+            net.callbacks__print_log = None
+            net.initialize_callbacks()
+            train(rank)
+
+        return run
+
+    net._exchange = exchange
+    try:
+        run_parallel(exchange, lambda: train(0), worker)
+    finally:
+        net._exchange = None  # pipes do not pickle; the net may be
+        stop.exchange = None
 
 
 def _fused_adam_available(device: str) -> bool:

@@ -47,3 +47,22 @@ def prototypes_data():
     y = np.repeat(np.arange(60), 10)
     X = protos[y] + 0.15 * rng.standard_normal((600, 64)).astype(np.float32)
     return X, y
+
+
+@pytest.fixture(scope="module")
+def tiny_sampler():
+    """Episodes of 3 of 10 random 8-d classes, 2 samples each."""
+    from sk_mann.episodes import EpisodeSampler
+
+    rng = np.random.default_rng(0)
+    X = rng.random((100, 8)).astype(np.float32)
+    return EpisodeSampler(X, np.repeat(np.arange(10), 10), n_way=3, n_per_class=2)
+
+
+def tiny_mann():
+    """A seeded MANN of a few units for training-engine tests."""
+    from sk_mann.model import MANN
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return MANN(8, 3, 3, controller_size=8, n_slots=6, slot_size=4, n_reads=1)

@@ -312,6 +312,41 @@ def test_train_compile_flag_reaches_meta_train(tmp_path, monkeypatch):
 
 
 @requires_omniglot
+def test_train_workers_share_the_batches(tmp_path, monkeypatch):
+    import sk_mann.training
+
+    seen = []
+    real = sk_mann.training.meta_train
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sk_mann.training, "meta_train", spy)
+    argv = ["train", "--data-home", str(omniglot_home()), *TINY_ARCH]
+    argv += ["--out", str(tmp_path / "m.pt"), "--batch-size", "2"]
+    argv += ["--batches-per-epoch", "1", "--eval-episodes", "2", "--episodes", "2"]
+    argv += ["--no-progress", "--threads", "1", "--workers", "2"]
+    assert cli.main(argv) == 0
+    assert seen == [2]
+    assert (tmp_path / "m.pt").exists()
+
+
+@requires_omniglot
+def test_train_workers_that_cannot_share_the_batch_is_a_one_line_error(
+    tmp_path, capsys
+):
+    argv = ["train", "--data-home", str(omniglot_home()), *TINY_ARCH]
+    argv += ["--out", str(tmp_path / "m.pt"), "--batch-size", "3"]
+    argv += ["--batches-per-epoch", "1", "--eval-episodes", "2", "--episodes", "3"]
+    argv += ["--no-progress", "--workers", "2"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sk-mann: error: --batch-size 3 is not a multiple")
+    assert not (tmp_path / "m.pt").exists()
+
+
+@requires_omniglot
 def test_evaluate_no_baselines(tiny_model, capsys):
     argv = ["evaluate", str(tiny_model), "--data-home", str(omniglot_home())]
     assert cli.main([*argv, "--episodes", "3", "--no-baselines"]) == 0

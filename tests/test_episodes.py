@@ -365,6 +365,28 @@ def test_rotated_classes_are_rot90_of_the_originals(images):
     assert seen_k == {0, 1, 2, 3}
 
 
+def test_rotated_classes_when_a_batch_lacks_some_quarter_turns(images):
+    """One episode of 2 classes cannot hold all four turns: no crash (a bug of
+    the per-turn gather, found by a 1-episode-per-worker training run)."""
+    imgs, y = images
+    s = EpisodeSampler(
+        imgs.reshape(6, -1),
+        y,
+        n_way=2,
+        n_per_class=2,
+        image_shape=(SIDE, SIDE),
+        rotate_classes=True,
+    )
+    for seed in range(20):
+        ep = s.sample(1, np.random.default_rng(seed))
+        assert len(set((ep.classes // 3).ravel().tolist())) < 4
+        for t in range(ep.x.shape[1]):
+            c = ep.classes[0, t]
+            members = imgs[y == c % 3]
+            got = ep.x[0, t].reshape(SIDE, SIDE)
+            assert any(np.array_equal(got, np.rot90(m, k=c // 3)) for m in members)
+
+
 def test_augment_false_leaves_images_unchanged(images):
     imgs, y = images
     s = EpisodeSampler(

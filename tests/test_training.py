@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_mann
 from numpy.testing import assert_allclose
 
 from sk_mann.episodes import EpisodeSampler
@@ -78,19 +79,6 @@ def test_short_meta_training_learns_one_shot(prototypes_data):
 # ---------------------------------------------------------------------------
 # Tiny settings for the engine tests.
 # ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_sampler():
-    rng = np.random.default_rng(0)
-    X = rng.random((100, 8)).astype(np.float32)
-    return EpisodeSampler(X, np.repeat(np.arange(10), 10), n_way=3, n_per_class=2)
-
-
-def tiny_mann():
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return MANN(8, 3, 3, controller_size=8, n_slots=6, slot_size=4, n_reads=1)
 
 
 TINY = dict(batch_size=4, batches_per_epoch=3, lr=1e-2, seed=0, **QUIET)
