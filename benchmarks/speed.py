@@ -149,6 +149,71 @@ def train_throughput(batch_sizes, iters: int, compile: bool = False) -> list[dic
     return out
 
 
+def _synthetic_sampler(n_classes: int = 200, per_class: int = 20):
+    """Episodes of the paper's shape over random 400-d classes (cheap to draw)."""
+    from sk_mann.episodes import EpisodeSampler
+
+    rng = np.random.default_rng(0)
+    X = rng.random((n_classes * per_class, N_FEATURES), dtype=np.float32)
+    y = np.repeat(np.arange(n_classes), per_class)
+    return EpisodeSampler(X, y, n_way=N_WAY, n_per_class=T // N_WAY)
+
+
+def parallel_training(
+    bs: int,
+    workers: int,
+    epochs: int = 5,
+    reps: int = 4,
+    batches: int = 25,
+    compile: bool = True,
+) -> dict:
+    """Compiled ``meta_train`` episodes/s: one process on every thread against
+    ``workers`` forked processes of one thread (``meta_train(workers=...)``).
+
+    The two alternate in blocks of ``epochs`` epochs of ``batches`` steps (each
+    block a fresh network), so both are read under the same machine load. The
+    first epoch of each block (compilation or cache load, fork) is left out;
+    the rest are skorch's epoch durations (training steps and sampling).
+    """
+    from sk_mann.training import meta_train
+
+    sampler = _synthetic_sampler()
+    durations: dict[int, list[float]] = {1: [], workers: []}
+    first: dict[int, list[float]] = {1: [], workers: []}
+    for rep in range(reps):
+        for w in (1, workers) if rep % 2 == 0 else (workers, 1):
+            torch.manual_seed(rep)
+            module = MANN(N_FEATURES, N_WAY, N_WAY, **PAPER)
+            net = meta_train(
+                module,
+                sampler,
+                n_episodes=bs * batches * epochs,
+                batch_size=bs,
+                batches_per_epoch=batches,
+                seed=rep,
+                progress_bar=False,
+                verbose=0,
+                compile=compile,
+                workers=w,
+            )
+            dur = [h["dur"] for h in net.history]
+            first[w].append(dur[0])
+            durations[w] += dur[1:]
+    out = {"batch_size": bs, "workers": workers, "epochs_timed": {}}
+    for w, d in durations.items():
+        key = "one_process" if w == 1 else "workers"
+        out[key + "_episodes_per_s"] = bs * batches / float(np.median(d))
+        out[key + "_first_epoch_s"] = first[w]
+        out["epochs_timed"][key] = len(d)
+    out["ratio"] = out["workers_episodes_per_s"] / out["one_process_episodes_per_s"]
+    print(
+        f"meta_train batch {bs}{' compiled' if compile else ''}: one process "
+        f"{out['one_process_episodes_per_s']:.0f} episodes/s, {workers} workers "
+        f"{out['workers_episodes_per_s']:.0f} ({out['ratio']:.2f}x, alternated)"
+    )
+    return out
+
+
 def optimisations(iters: int) -> dict:
     """Before/after of each optimisation, measured in this run.
 
@@ -545,6 +610,27 @@ def write_markdown(p: dict) -> None:
         "eager network in alternation with the compiled one, step for step, so "
         "the speed-up is read under the same machine load.",
     ]
+    par = p.get("parallel_training")
+    if par:
+        one = par["one_process_episodes_per_s"]
+        many = par["workers_episodes_per_s"]
+        gf1, gf = (e * p["flops_per_episode"] / 1e9 for e in (one, many))
+        lines += [
+            "",
+            f"| `meta_train`, batch {par['batch_size']}, compiled | episodes/s "
+            "| achieved GFLOP/s |",
+            "|---|---|---|",
+            f"| one process, {p['threads']} threads | {one:.0f} | {gf1:.1f} |",
+            f"| `workers={par['workers']}`: {par['workers']} processes of one thread "
+            f"| {many:.0f} | {gf:.1f} |",
+            "",
+            f"Data-parallel training (`meta_train(workers={par['workers']})`): each "
+            "process trains on its share of every batch and the gradients are "
+            "averaged before each step. The two settings alternate in blocks of "
+            "epochs (random 400-feature episodes, sampling included; each "
+            "block's first epoch, with compilation or the kernel cache's load, "
+            f"left out): {par['ratio']:.2f}x.",
+        ]
     lines += [
         "",
         "| streaming, 400-feature dicts | predict_one + learn_one median (us) "
@@ -673,6 +759,12 @@ def main() -> None:
         help="batch sizes also measured with torch.compile (each compiles once)",
     )
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="meta_train(workers=...) measured against one process (1: skip)",
+    )
+    ap.add_argument(
         "--stream", type=int, default=2000, help="samples of the latency stream"
     )
     ap.add_argument(
@@ -702,6 +794,9 @@ def main() -> None:
     payload["training_compiled"] = []
     for bs in args.compiled_batch_sizes:
         payload["training_compiled"] += train_throughput([bs], args.iters, compile=True)
+        rounds.round()
+    if args.workers > 1:
+        payload["parallel_training"] = parallel_training(16, args.workers)
         rounds.round()
     payload["optimisations"] = optimisations(args.iters)
     rounds.round()

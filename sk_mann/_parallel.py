@@ -82,6 +82,9 @@ class Exchange:
         self.rank = -1
         self._inbox: list[tuple[int, Any]] = []
         self._outbox: list[Any] = []
+        # Called once a round when a peer is not ready yet: work to do while
+        # waiting (the next batch's sampling), not a busy loop.
+        self.idle: Callable[[], Any] | None = None
 
     def bind(self, rank: int) -> None:
         """Keep ``rank``'s pipe ends, close the others (each rank, after forking)."""
@@ -114,6 +117,8 @@ class Exchange:
                 conn.send_bytes(_READY)
             except OSError:  # the peer is gone: its pipe to us says how
                 pass
+        if self.idle is not None and not all(c.poll() for _, c in self._inbox):
+            self.idle()
         for peer, conn in self._inbox:
             try:
                 message = conn.recv_bytes()

@@ -71,16 +71,40 @@ class EpisodeDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.rank = rank
         self.epoch = 0
+        self._last: tuple[int, int] | None = None  # (epoch, item) last served
+        self._ahead: tuple[tuple[int, int], Any] | None = None  # drawn early
 
     def __len__(self) -> int:
         return self.n_batches
 
     def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        key = [self.seed, self.epoch, i]
+        where = (self.epoch, i)
+        ahead, self._ahead = self._ahead, None
+        self._last = where
+        return (
+            ahead[1] if ahead is not None and ahead[0] == where else self._draw(*where)
+        )
+
+    def _draw(self, epoch: int, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        key = [self.seed, epoch, i]
         rng = np.random.default_rng(key if self.rank is None else [*key, self.rank])
         ep = self.sampler.sample(self.batch_size, rng)
         X = {"x": torch.from_numpy(ep.x), "label_in": torch.from_numpy(ep.label_in)}
         return X, torch.from_numpy(ep.targets)
+
+    def draw_ahead(self) -> None:
+        """Draw the item that should follow the last one served, and keep it.
+
+        Data-parallel ranks call this while they wait for their peers, so the
+        sampling overlaps the wait. The item is the one its index would
+        draw (same seed), and is used only if it is the one asked for next.
+        """
+        if self._last is None:
+            return
+        epoch, i = self._last
+        where = (epoch, i + 1) if i + 1 < self.n_batches else (epoch + 1, 0)
+        if self._ahead is None or self._ahead[0] != where:
+            self._ahead = (where, self._draw(*where))
 
 
 def _first_item(batch: list[Any]) -> Any:
@@ -237,19 +261,28 @@ class HeldOutAccuracy(Callback):
         self.every = every
         self.instances = instances
         self.seed = seed
+        # Data parallel: the threads to evaluate on, while the workers wait
+        # (rank 0 trains on one).
+        self.threads: int | None = None
 
     def on_epoch_end(self, net, **kwargs):  # noqa: D102
         epoch = len(net.history)
         if epoch % self.every and epoch != net.max_epochs:
             return
-        res = evaluate_network(
-            net.module_,
-            self.sampler,
-            n_episodes=self.n_episodes,
-            seed=self.seed,
-            instances=self.instances,
-            device=net.device,
-        )
+        training_threads = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            res = evaluate_network(
+                net.module_,
+                self.sampler,
+                n_episodes=self.n_episodes,
+                seed=self.seed,
+                instances=self.instances,
+                device=net.device,
+            )
+        finally:
+            torch.set_num_threads(training_threads)
         for k, acc in zip(res["instances"], res["accuracy"]):
             net.history.record(f"heldout_acc_{k}", round(100.0 * acc, 2))
 
@@ -431,6 +464,8 @@ def meta_train(
             announce = print if verbose and not rank else None
             restore = _compile_training_forward(module, share, announce=announce)
         dataset = EpisodeDataset(sampler, share, batches_per_epoch, seed, rank=rank)
+        if net_exchange := getattr(net, "_exchange", None):
+            net_exchange.idle = dataset.draw_ahead  # sample while peers finish
         try:
             net.partial_fit(dataset, None, epochs=remaining)
         finally:
@@ -502,12 +537,17 @@ def _train_parallel(
 
         return run
 
+    heldout = dict(net.callbacks_).get("heldout")
+    if heldout is not None:
+        heldout.threads = torch.get_num_threads()
     net._exchange = exchange
     try:
         run_parallel(exchange, lambda: train(0), worker)
     finally:
         net._exchange = None  # pipes do not pickle; the net may be
         stop.exchange = None
+        if heldout is not None:
+            heldout.threads = None
 
 
 def _fused_adam_available(device: str) -> bool:

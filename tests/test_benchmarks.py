@@ -68,6 +68,25 @@ def test_time_to_accuracy_verdict(tta, tmp_path, second, minutes, wall, verdict)
     assert "--compile`" in text and "a note" in text
 
 
+def test_time_to_accuracy_names_data_parallel_runs(tta, tmp_path):
+    run = _run(0.8, 14.0, 15.0)
+    run["config"]["workers"] = 2
+    payload = {
+        "eval_episodes": 1000,
+        "runs": {"w": run, "one": _run(0.8, 14.0, 15.0)},
+        "paper": [36.4, 82.8, 91.0, 92.6, 94.9, 98.1],
+        "command": "python time_to_accuracy.py report",
+        "date": "today",
+        "git_commit": "abc",
+    }
+    tta.write_markdown(payload)
+    text = (tmp_path / "time_to_accuracy.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| mann_add")]
+    assert rows[0].startswith("| mann_add, 2 workers |")
+    assert rows[1].startswith("| mann_add |")
+    assert text.count("--workers 2") == 1
+
+
 def test_time_to_accuracy_keeps_runs_scored_elsewhere(tta, tmp_path, monkeypatch):
     """A checkout without a run's checkpoint carries its committed scores over."""
     import json
@@ -105,6 +124,23 @@ def test_speed_state_growth_counts_the_stream_state(small_speed):
     # least-used mask (6): float32.
     expected = 4 * (8 + 8 + 6 + 18 + 6 + 12 + 6)
     assert [r["state_bytes"] for r in rows] == [expected, expected]
+
+
+def test_speed_parallel_training_compares_both_settings(small_speed, monkeypatch):
+    """speed.py's workers row: both settings timed, blocks' first epochs apart."""
+    tiny = dict(controller_size=8, n_slots=6, slot_size=3, n_reads=2)
+    monkeypatch.setattr(small_speed, "PAPER", tiny)
+    out = small_speed.parallel_training(
+        4, 2, epochs=2, reps=2, batches=2, compile=False
+    )
+    assert out["epochs_timed"] == {"one_process": 2, "workers": 2}
+    assert (
+        len(out["one_process_first_epoch_s"]) == len(out["workers_first_epoch_s"]) == 2
+    )
+    assert out["one_process_episodes_per_s"] > 0 and out["workers_episodes_per_s"] > 0
+    assert out["ratio"] == pytest.approx(
+        out["workers_episodes_per_s"] / out["one_process_episodes_per_s"]
+    )
 
 
 def test_speed_streaming_rounds_are_spread_and_counted(small_speed):

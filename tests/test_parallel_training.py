@@ -99,6 +99,31 @@ def test_time_budget_stops_every_worker_after_the_same_epoch(tiny_sampler, tmp_p
     assert (tmp_path / "params.pt").exists()
 
 
+def test_heldout_checks_run_in_rank_0_on_all_its_threads(tiny_sampler, monkeypatch):
+    """Workers wait during the checks, so rank 0 evaluates on the threads it
+    was given (it trains on one), and the result is the trained network's."""
+    import sk_mann.training
+
+    seen = []
+    real = sk_mann.training.evaluate_network
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sk_mann.training, "evaluate_network", spy)
+    torch.set_num_threads(2)  # the autouse fixture sets 1 again for the next test
+    module = tiny_mann()
+    net = train(module, tiny_sampler, epochs=2, eval_sampler=tiny_sampler)
+    assert seen == [2, 2]
+    assert torch.get_num_threads() == 2
+    want = real(
+        module, tiny_sampler, n_episodes=200, seed=12345, instances=(1, 2, 3, 5, 10)
+    )
+    got = [net.history[-1, f"heldout_acc_{k}"] for k in want["instances"]]
+    assert_allclose(got, np.round(100 * np.array(want["accuracy"]), 2))
+
+
 def _fail_in_worker_1(monkeypatch, action):
     """Make worker 1's second batch call ``action()`` (fork copies the patch)."""
     original = EpisodeDataset.__getitem__
