@@ -10,7 +10,9 @@ every rank sums the same buffers in the same order.
 Why processes: at the paper's batch of 16 a training step is 50 sequential
 time steps of 16-row products and small fused kernels; two OpenMP threads in
 one process synchronise around each of them, and two single-threaded
-processes get more out of two cores (``benchmarks/results/speed_notes.md``).
+processes do not (what that gains, net of the exchange and of waiting for
+the slower rank, is measured in ``benchmarks/results/speed.md`` and
+``speed_notes.md``).
 
 Signals go through pipes, one per ordered pair of ranks. A rank that fails
 sends its traceback down its pipes; a rank that dies closes them, and its

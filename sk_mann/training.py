@@ -360,11 +360,13 @@ def meta_train(
         are averaged before each step, so the update is the whole batch's.
         Each worker draws its own episodes (``EpisodeDataset(rank=...)``), so
         a run differs from a one-process run in which episodes it sees, not
-        in what it computes from them. On a small CPU, processes of one
-        thread beat one process of many threads at the paper's batch of 16
-        (see ``benchmarks/results/speed_notes.md``); give one worker per
-        core. With ``compile=True`` every worker compiles its own step
-        (concurrently, from the same kernel cache).
+        in what it computes from them. Small batches spend much of a
+        step synchronising threads; processes of one thread avoid that, at
+        the cost of a gradient exchange and of waiting for the slowest
+        worker at every step. One worker per core; whether it pays on a
+        given machine is for the speed benchmark to say
+        (``benchmarks/speed.py``). With ``compile=True`` every worker
+        compiles its own step (concurrently, from the same kernel cache).
 
     Returns
     -------
