@@ -171,10 +171,24 @@ class Exchange:
                 pass
 
 
+def _compile_in_process() -> None:
+    """Make torch's compiler build kernels in this process, not in its pools.
+
+    A fork copies the parent's thread and process pools without the threads
+    behind them: had the parent compiled enough to start every pool thread,
+    the worker's compilation would wait forever on futures no thread serves.
+    One compile thread means no pool (each worker has one core anyway).
+    """
+    config = sys.modules.get("torch._inductor.config")
+    if config is not None:  # else inductor was never used: no pools to inherit
+        config.compile_threads = 1
+
+
 def _worker_main(rank: int, exchange: Exchange, run: Callable[[], None]) -> None:
     """Body of a forked worker: one intra-op thread, ``run()``, then exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when to stop
     torch.set_num_threads(1)
+    _compile_in_process()
     exchange.bind(rank)
     code = 0
     try:

@@ -181,3 +181,48 @@ def test_exchange_mean_is_the_rows_mean():
     out = ex.mean(lambda row: row.fill_(4.0), 3)
     assert_allclose(out.numpy(), [2.0, 2.0, 2.0])
     ex.close()
+
+
+COMPILED_WORKERS = """
+import sys
+import numpy as np, torch
+sys.path.insert(0, {tests!r})
+import torch._inductor.config
+torch._inductor.config.compile_threads = 2  # the parent compiles with a pool
+from conftest import tiny_mann
+from sk_mann.episodes import EpisodeSampler
+from sk_mann.training import meta_train
+import time
+from torch._inductor.async_compile import AsyncCompile
+pool = AsyncCompile.pool()  # what a compilation of many kernels leaves behind:
+for f in [pool.submit(time.sleep, 0.3) for _ in range(2)]:  # every thread started
+    f.result()
+rng = np.random.default_rng(0)
+X = rng.random((100, 8)).astype(np.float32)
+sampler = EpisodeSampler(X, np.repeat(np.arange(10), 10), n_way=3, n_per_class=2)
+net = meta_train(tiny_mann(), sampler, n_episodes=8, batch_size=4,
+                 batches_per_epoch=2, progress_bar=False, verbose=0,
+                 compile=True, workers=2)
+print("epochs", len(net.history))
+"""
+
+
+def test_compiled_workers_after_the_parent_compiled(tmp_path):
+    """Forked workers inherit torch's compile pools without their threads; a
+    worker that compiles must not wait on them (it did: a hang). Run in a
+    fresh interpreter with a time limit, so a regression fails, not hangs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = COMPILED_WORKERS.format(tests=str(Path(__file__).parent))
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("epochs 1")
