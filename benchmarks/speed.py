@@ -631,6 +631,13 @@ def write_markdown(p: dict) -> None:
             "block's first epoch, with compilation or the kernel cache's load, "
             f"left out): {par['ratio']:.2f}x.",
         ]
+        apart = par.get("measured_apart")
+        if apart:
+            lines[-1] += (
+                " This row was measured apart from the rest of the run, by "
+                f"`{apart['command']}` on {apart['date']} (commit "
+                f"{apart['git_commit']})."
+            )
     lines += [
         "",
         "| streaming, 400-feature dicts | predict_one + learn_one median (us) "
@@ -744,6 +751,21 @@ def plot(p: dict) -> None:
     plt.close(fig)
 
 
+def remeasure_parallel(args: argparse.Namespace) -> None:
+    """``--parallel-only``: the workers row again, into ``speed.json``."""
+    import json
+
+    path = RESULTS / "speed.json"
+    payload = json.loads(path.read_text())
+    row = parallel_training(16, args.workers)  # first epochs (compiling) left out
+    meta = metadata()
+    row["measured_apart"] = {k: meta[k] for k in ("command", "date", "git_commit")}
+    payload["parallel_training"] = row
+    write_json("speed", payload)
+    write_markdown(payload)
+    plot(payload)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -779,8 +801,17 @@ def main() -> None:
         default=6,
         help="rounds of the MANN's latency stream, spread over the run",
     )
+    ap.add_argument(
+        "--parallel-only",
+        action="store_true",
+        help="re-measure only the workers row and put it into the existing "
+        "results (it records its own command, date and commit)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.parallel_only:
+        remeasure_parallel(args)
+        return
     rounds = StreamingRounds(args.stream, args.stream_rounds)
     rounds.round()
     payload = {"threads": args.threads, "matmul_peak_gflops": matmul_peak()}

@@ -13,6 +13,7 @@ accuracy on held-out classes, logged in the history every few epochs).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -562,6 +563,31 @@ def _fused_adam_available(device: str) -> bool:
     return True
 
 
+_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def _compiled_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile`` of a network class's ``forward``, made once per class.
+
+    One compiled function serves every call of ``meta_train``: torch keeps
+    its graphs by backend, and a new ``torch.compile`` per call is a new
+    backend, so after 8 calls in one process (its recompile limit) torch
+    would silently run the network eagerly.
+    """
+    fn = _COMPILED.get(forward)
+    if fn is None:
+        from ._graph_passes import MergeAccumulatedProducts
+
+        # The pass sums each weight gradient over the episode's steps in one
+        # product instead of a chain of small ones (see _graph_passes).
+        fn = _COMPILED[forward] = torch.compile(
+            forward,
+            dynamic=False,
+            options={"post_grad_custom_post_pass": MergeAccumulatedProducts()},
+        )
+    return fn
+
+
 def _compile_training_forward(
     module: torch.nn.Module,
     batch_size: int,
@@ -577,16 +603,8 @@ def _compile_training_forward(
     # Imported here: torch._dynamo takes most of a second to import.
     from torch._dynamo.exc import BackendCompilerFailed
 
-    from ._graph_passes import MergeAccumulatedProducts
-
     eager = module.forward
-    # The pass sums each weight gradient over the episode's steps in one
-    # product instead of a chain of small ones (see _graph_passes).
-    compiled = torch.compile(
-        eager,
-        dynamic=False,
-        options={"post_grad_custom_post_pass": MergeAccumulatedProducts()},
-    )
+    compiled = functools.partial(_compiled_forward(type(module).forward), module)
     started: list[bool] = []
 
     def forward(*args: Any, **kwargs: Any) -> Any:

@@ -252,6 +252,24 @@ def test_time_budget_callback():
         cb.on_epoch_end(None)
 
 
+def test_repeated_compiled_runs_share_one_compiled_forward(tiny_sampler):
+    """A ``torch.compile`` per ``meta_train`` call was a new backend each time,
+    so torch kept one more graph per call and, past its recompile limit (8),
+    ran the network eagerly without saying so beyond a log line."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    def graphs():
+        return len(_debug_get_cache_entry_list(MANN.forward.__code__))
+
+    before = graphs()
+    kw = {**TINY, "batch_size": 2, "batches_per_epoch": 1}
+    for _ in range(3):
+        module = tiny_mann()
+        meta_train(module, tiny_sampler, n_episodes=2, compile=True, **kw)
+        assert "forward" not in vars(module)  # the module is left as it was
+    assert graphs() - before == 1
+
+
 @pytest.fixture
 def heldout():
     """Held-out episodes of 3 classes x 2 instances (later instances: NaN)."""
@@ -429,6 +447,7 @@ def test_compile_failure_is_a_clear_error(tiny_sampler, monkeypatch):
         return run
 
     monkeypatch.setattr(training.torch, "compile", broken_compile)
+    monkeypatch.setattr(training, "_COMPILED", {})  # not the real one of a test before
     module = tiny_mann()
     with pytest.raises(RuntimeError, match="C\\+\\+ compiler"):
         meta_train(module, tiny_sampler, n_episodes=EPOCH, compile=True, **TINY)
