@@ -88,7 +88,10 @@ def test_workers_leave_no_process_and_restore_threads(tiny_sampler):
     threads = torch.get_num_threads()
     train(tiny_mann(), tiny_sampler)
     assert torch.get_num_threads() == threads
-    assert multiprocessing.active_children() == []
+    workers = [
+        p for p in multiprocessing.active_children() if p.name.startswith("sk_mann")
+    ]  # other tests' process pools (joblib's) may still be around
+    assert workers == []
 
 
 def test_time_budget_stops_every_worker_after_the_same_epoch(tiny_sampler, tmp_path):
