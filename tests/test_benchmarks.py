@@ -52,16 +52,20 @@ def _run(second, minutes, wall=None, note=None) -> dict:
         (0.90, 14.0, 15.2, "no"),  # wall-clock time, where recorded, decides
     ],
 )
-def test_time_to_accuracy_verdict(tta, tmp_path, second, minutes, wall, verdict):
-    payload = {
+def _report(runs: dict) -> dict:
+    """A time_to_accuracy report payload holding ``runs``."""
+    return {
         "eval_episodes": 1000,
-        "runs": {"r": _run(second, minutes, wall, note="a note")},
+        "runs": runs,
         "paper": [36.4, 82.8, 91.0, 92.6, 94.9, 98.1],
         "command": "python time_to_accuracy.py report",
         "date": "today",
         "git_commit": "abc",
     }
-    tta.write_markdown(payload)
+
+
+def test_time_to_accuracy_verdict(tta, tmp_path, second, minutes, wall, verdict):
+    tta.write_markdown(_report({"r": _run(second, minutes, wall, note="a note")}))
     text = (tmp_path / "time_to_accuracy.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| mann_add"))
     assert row.rstrip(" |").endswith(verdict)
@@ -71,15 +75,7 @@ def test_time_to_accuracy_verdict(tta, tmp_path, second, minutes, wall, verdict)
 def test_time_to_accuracy_names_data_parallel_runs(tta, tmp_path):
     run = _run(0.8, 14.0, 15.0)
     run["config"]["workers"] = 2
-    payload = {
-        "eval_episodes": 1000,
-        "runs": {"w": run, "one": _run(0.8, 14.0, 15.0)},
-        "paper": [36.4, 82.8, 91.0, 92.6, 94.9, 98.1],
-        "command": "python time_to_accuracy.py report",
-        "date": "today",
-        "git_commit": "abc",
-    }
-    tta.write_markdown(payload)
+    tta.write_markdown(_report({"w": run, "one": _run(0.8, 14.0, 15.0)}))
     text = (tmp_path / "time_to_accuracy.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| mann_add")]
     assert rows[0].startswith("| mann_add, 2 workers |")

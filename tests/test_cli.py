@@ -290,22 +290,32 @@ def test_train_resume_and_evaluate(tmp_path, capsys):
     assert "meta-trained on 8 Omniglot episodes" in capsys.readouterr().out
 
 
-@requires_omniglot
-def test_train_compile_flag_reaches_meta_train(tmp_path, monkeypatch):
+def _spy_meta_train(monkeypatch, key: str, **override) -> list:
+    """Record ``meta_train``'s ``key`` argument per call (``override`` applied)."""
     import sk_mann.training
 
     seen = []
     real = sk_mann.training.meta_train
 
     def spy(*args, **kwargs):
-        seen.append(kwargs["compile"])
-        return real(*args, **{**kwargs, "compile": False})  # no compile time here
+        seen.append(kwargs[key])
+        return real(*args, **{**kwargs, **override})
 
     monkeypatch.setattr(sk_mann.training, "meta_train", spy)
+    return seen
+
+
+def _tiny_train_argv(tmp_path) -> list[str]:
     argv = ["train", "--data-home", str(omniglot_home()), *TINY_ARCH]
     argv += ["--out", str(tmp_path / "m.pt"), "--batch-size", "2"]
     argv += ["--batches-per-epoch", "1", "--eval-episodes", "2", "--episodes", "2"]
-    argv += ["--no-progress", "--threads", "1"]
+    return [*argv, "--no-progress", "--threads", "1"]
+
+
+@requires_omniglot
+def test_train_compile_flag_reaches_meta_train(tmp_path, monkeypatch):
+    seen = _spy_meta_train(monkeypatch, "compile", compile=False)  # no compile time
+    argv = _tiny_train_argv(tmp_path)
     assert cli.main(argv) == 0
     assert cli.main([*argv, "--compile"]) == 0
     assert seen == [False, True]
@@ -313,21 +323,8 @@ def test_train_compile_flag_reaches_meta_train(tmp_path, monkeypatch):
 
 @requires_omniglot
 def test_train_workers_share_the_batches(tmp_path, monkeypatch):
-    import sk_mann.training
-
-    seen = []
-    real = sk_mann.training.meta_train
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["workers"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sk_mann.training, "meta_train", spy)
-    argv = ["train", "--data-home", str(omniglot_home()), *TINY_ARCH]
-    argv += ["--out", str(tmp_path / "m.pt"), "--batch-size", "2"]
-    argv += ["--batches-per-epoch", "1", "--eval-episodes", "2", "--episodes", "2"]
-    argv += ["--no-progress", "--threads", "1", "--workers", "2"]
-    assert cli.main(argv) == 0
+    seen = _spy_meta_train(monkeypatch, "workers")
+    assert cli.main([*_tiny_train_argv(tmp_path), "--workers", "2"]) == 0
     assert seen == [2]
     assert (tmp_path / "m.pt").exists()
 
