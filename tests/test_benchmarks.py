@@ -42,16 +42,6 @@ def _run(second, minutes, wall=None, note=None) -> dict:
     }
 
 
-@pytest.mark.parametrize(
-    "second, minutes, wall, verdict",
-    [
-        (0.83, 14.0, None, "yes"),
-        (0.827, 14.0, None, "no"),
-        (0.90, 15.5, None, "no"),
-        (0.90, 14.0, 14.9, "yes"),
-        (0.90, 14.0, 15.2, "no"),  # wall-clock time, where recorded, decides
-    ],
-)
 def _report(runs: dict) -> dict:
     """A time_to_accuracy report payload holding ``runs``."""
     return {
@@ -64,6 +54,16 @@ def _report(runs: dict) -> dict:
     }
 
 
+@pytest.mark.parametrize(
+    "second, minutes, wall, verdict",
+    [
+        (0.83, 14.0, None, "yes"),
+        (0.827, 14.0, None, "no"),
+        (0.90, 15.5, None, "no"),
+        (0.90, 14.0, 14.9, "yes"),
+        (0.90, 14.0, 15.2, "no"),  # wall-clock time, where recorded, decides
+    ],
+)
 def test_time_to_accuracy_verdict(tta, tmp_path, second, minutes, wall, verdict):
     tta.write_markdown(_report({"r": _run(second, minutes, wall, note="a note")}))
     text = (tmp_path / "time_to_accuracy.md").read_text()
