@@ -105,11 +105,13 @@ def samplers(
     return train, test
 
 
-def make_network(name: str, overrides: dict | None = None) -> torch.nn.Module:
+def make_network(
+    name: str, overrides: dict | None = None, seed: int = 0
+) -> torch.nn.Module:
     """Network ``name`` of :data:`MODELS` (seeded), ``overrides`` on its kwargs."""
     spec = MODELS[name]
     with torch.random.fork_rng():
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         return build_network(
             spec["network"],
             IMAGE * IMAGE,

@@ -66,7 +66,8 @@ def run_name(args: argparse.Namespace) -> str:
     for key, value in sorted(args.network.items()):
         name += f"_{key}{value}"
     name += "_compiled" if args.compile else ""
-    return name + (f"_w{args.workers}" if args.workers > 1 else "")
+    name += f"_w{args.workers}" if args.workers > 1 else ""
+    return name + (f"_seed{args.seed}" if args.seed else "")
 
 
 def _parse_network(items: list[str]) -> dict:
@@ -89,7 +90,7 @@ def _parse_network(items: list[str]) -> dict:
 
 def train(args: argparse.Namespace) -> None:
     train_s, test_s = samplers(args.data_home, train_per_class=args.per_class)
-    module = make_network(args.model, args.network)
+    module = make_network(args.model, args.network, seed=args.seed)
     settings = {**MODELS[args.model]["train"], "batch_size": args.batch_size}
     settings["lr"] = args.lr
     ckpt = RUNS / run_name(args)
@@ -103,6 +104,7 @@ def train(args: argparse.Namespace) -> None:
         "threads": args.threads,
         "compile": args.compile,
         "workers": args.workers,
+        "seed": args.seed,
         "eval_every": args.eval_every,
         "train_episode_length": N_WAY * args.per_class,
         "network": args.network,
@@ -120,7 +122,7 @@ def train(args: argparse.Namespace) -> None:
         eval_sampler=test_s,
         eval_episodes=500,
         eval_every=args.eval_every,
-        seed=0,
+        seed=args.seed,
         checkpoint_dir=ckpt,
         max_time=args.minutes * 60,
         progress_bar=False,
@@ -238,6 +240,12 @@ def _workers(config: dict) -> str:
     return f"{n} workers" if n > 1 else ""
 
 
+def _seed(config: dict) -> str:
+    """ "seed 1" for a run not seeded with 0 (the default of every run before)."""
+    seed = config.get("seed", 0)
+    return f"seed {seed}" if seed else ""
+
+
 def write_markdown(payload: dict) -> None:
     cols = [INSTANCES.index(i) for i in TABLE_INSTANCES]
     head = " / ".join(f"{i}" for i in TABLE_INSTANCES)
@@ -258,7 +266,8 @@ def write_markdown(payload: dict) -> None:
         wall = r.get("wall_minutes")
         minutes = r["train_minutes"] if wall is None else wall
         met = acc[1] >= TARGET_SECOND and minutes <= TARGET_MINUTES
-        label = ", ".join(filter(None, [c["model"], _network_pairs(c), _workers(c)]))
+        parts = [c["model"], _network_pairs(c), _workers(c), _seed(c)]
+        label = ", ".join(filter(None, parts))
         lines.append(
             f"| {label} "
             f"| {c['batch_size']} | {_steps(c)} "
@@ -295,6 +304,7 @@ def write_markdown(payload: dict) -> None:
             + _per_class_flag(c)
             + _network_flag(c)
             + (f" --workers {c['workers']}" if c.get("workers", 1) > 1 else "")
+            + (f" --seed {c['seed']}" if c.get("seed", 0) else "")
             + (" --compile`" if c.get("compile") else "`")
         )
     notes = [
@@ -387,6 +397,14 @@ def main() -> None:
         help="train: processes sharing each batch, one thread each "
         "(meta_train(workers=...)); --threads then applies to rank 0's "
         "held-out checks only",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="train: seeds the network's initial weights and the training "
+        "episodes (default 0, as every run before the option had); the "
+        "held-out episodes stay the same",
     )
     p.add_argument(
         "--compile",

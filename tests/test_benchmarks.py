@@ -83,6 +83,40 @@ def test_time_to_accuracy_names_data_parallel_runs(tta, tmp_path):
     assert text.count("--workers 2") == 1
 
 
+def test_time_to_accuracy_names_reseeded_runs(tta, tmp_path):
+    run = _run(0.8, 14.0, 15.0)
+    run["config"]["seed"] = 1
+    tta.write_markdown(_report({"s": run, "zero": _run(0.8, 14.0, 15.0)}))
+    text = (tmp_path / "time_to_accuracy.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| mann_add")]
+    assert rows[0].startswith("| mann_add, seed 1 |")
+    assert rows[1].startswith("| mann_add |")
+    assert text.count("--seed 1") == 1
+
+
+def test_time_to_accuracy_run_names_keep_earlier_runs(tta):
+    """Seed 0 keeps the checkpoint names of the runs trained before --seed."""
+    import argparse
+
+    args = argparse.Namespace(
+        model="mann_add",
+        batch_size=16,
+        lr=1e-3,
+        schedule="cosine",
+        episodes=200000,
+        per_class=10,
+        network={},
+        compile=True,
+        workers=1,
+        seed=0,
+    )
+    assert tta.run_name(args) == "tta_mann_add_b16_lr0.001_cosine_200k_compiled"
+    args.seed, args.workers = 1, 2
+    assert (
+        tta.run_name(args) == "tta_mann_add_b16_lr0.001_cosine_200k_compiled_w2_seed1"
+    )
+
+
 def test_time_to_accuracy_keeps_runs_scored_elsewhere(tta, tmp_path, monkeypatch):
     """A checkout without a run's checkpoint carries its committed scores over."""
     import json
