@@ -770,7 +770,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     import torch
 
-    from . import _demo
+    from . import _demo, _parallel
     from .episodes import EpisodeSampler
     from .labels import make_label_scheme
     from .metrics import evaluate_network
@@ -789,6 +789,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UserError(
             f"--batch-size {args.batch_size} is not a multiple of --workers "
             f"{args.workers}: each worker trains on an equal share of every batch."
+        )
+    if args.workers > 1 and not _parallel.fork_available():
+        raise UserError(
+            f"--workers {args.workers}: worker processes are started by fork, which "
+            "this platform lacks (Windows); train with --workers 1."
         )
     try:
         scheme = make_label_scheme(args.labels, args.n_way)

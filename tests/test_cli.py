@@ -344,6 +344,20 @@ def test_train_workers_that_cannot_share_the_batch_is_a_one_line_error(
 
 
 @requires_omniglot
+def test_train_workers_without_fork_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    """Windows has no fork: say so before loading data, not in a traceback."""
+    from sk_mann import _parallel
+
+    monkeypatch.setattr(_parallel, "fork_available", lambda: False)
+    argv = [*_tiny_train_argv(tmp_path), "--workers", "2"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sk-mann: error: --workers 2: worker processes are")
+    assert "--workers 1" in err[-1]
+    assert not (tmp_path / "m.pt").exists()
+
+
+@requires_omniglot
 def test_evaluate_no_baselines(tiny_model, capsys):
     argv = ["evaluate", str(tiny_model), "--data-home", str(omniglot_home())]
     assert cli.main([*argv, "--episodes", "3", "--no-baselines"]) == 0
