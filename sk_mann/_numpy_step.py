@@ -178,7 +178,7 @@ class NumpyMANN:
             gates = inputs @ self.w_x_t
             if self.jit and self._lstm and gates.dtype == np.float32:
                 h, c = _jit_step.batch_lstm(gates, base, state.c[0])
-                return (h, c, *self._heads(h))
+                return (h, c, *self._heads(h, fused=True))
             gates += base
             if m.controller == "lstm":  # in place: one pass per op over (n, 4H)
                 H = m.controller_size
@@ -198,12 +198,22 @@ class NumpyMANN:
             h, c = self._controller(inputs, state)
         return (h, c, *self._heads(h))
 
-    def _heads(self, h: np.ndarray) -> tuple:
-        """Squashed head outputs (keys, gate, content) of ``n`` rows of ``h``."""
+    def _heads(self, h: np.ndarray, fused: bool = False) -> tuple:
+        """Squashed head outputs (keys, gate, content) of ``n`` rows of ``h``.
+
+        ``fused``: in one compiled pass (float32 batch predict, as its LSTM
+        cells), with the rational ``tanh`` of :func:`_jit_step.batch_heads`.
+        """
         m = self.m
         n = h.shape[0]
         R, W = m.n_reads, m.slot_size
         head = h @ self.w_head_t
+        if fused:
+            add = m.write_content == "add"
+            keys, gate, content = _jit_step.batch_heads(head, self.b_head, R, W, add)
+            # numba boxes the same array twice as two objects: keep one, so
+            # that the read sees "content is keys" and skips its products.
+            return keys, gate, content if add else keys
         head += self.b_head
         keys = np.tanh(head[:, : R * W]).reshape(n, R, W)
         gate = _sigmoid(head[:, R * W : R * W + R])

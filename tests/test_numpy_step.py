@@ -323,6 +323,29 @@ def test_rational_tanh_in_float32():
 
 
 @pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("add", [True, False])
+def test_compiled_batch_heads_equal_numpy(add):
+    """Batch predict's fused head pass: bias, tanh and sigmoid as NumPy's."""
+    rng = np.random.default_rng(0)
+    R, W, n = 4, 40, 7
+    head = (3 * rng.standard_normal((n, R * W + R + R * W))).astype(np.float32)
+    b_head = rng.standard_normal(head.shape[1]).astype(np.float32)
+    keys, gate, content = _jit_step.batch_heads(head.copy(), b_head, R, W, add)
+    pre = head.astype(np.float64) + b_head
+    np.testing.assert_allclose(
+        keys, np.tanh(pre[:, : R * W]).reshape(n, R, W), atol=6e-7
+    )
+    sigmoid = 0.5 * (np.tanh(0.5 * pre[:, R * W : R * W + R]) + 1.0)
+    np.testing.assert_allclose(gate, sigmoid, atol=6e-7)
+    if add:
+        expected = np.tanh(pre[:, R * W + R :]).reshape(n, R, W)
+        np.testing.assert_allclose(content, expected, atol=6e-7)
+    else:
+        np.testing.assert_array_equal(content, keys)
+    assert keys.dtype == gate.dtype == content.dtype == np.float32
+
+
+@pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
 @pytest.mark.parametrize("content", ["key", "add"])
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_compiled_float32_stream_equals_numpy(content, n_threads):
