@@ -541,7 +541,7 @@ X = rng.random((1200 * 4, 400)).astype(np.float32); y = np.repeat(np.arange(1200
 s = EpisodeSampler(X, y, n_way=5, n_per_class=10, image_shape=(20, 20),
                    rotate_classes=True, augment=True)
 meta_train(MANN(400, 5, 5), s, n_episodes=16 * 60, batches_per_epoch=20,
-           progress_bar=False, verbose=0, compile={compile})
+           progress_bar=False, verbose=0, compile={compile}, workers={workers})
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child's
 # would report its parent's peak whenever that is larger.
 with open("/proc/self/status") as f:
@@ -550,7 +550,7 @@ with open("/proc/self/status") as f:
 
 
 def training_peak_rss(threads: int, compile: bool = False) -> float:
-    code = _TRAIN_RSS.format(threads=threads, compile=compile)
+    code = _TRAIN_RSS.format(threads=threads, compile=compile, workers=1)
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -558,6 +558,93 @@ def training_peak_rss(threads: int, compile: bool = False) -> float:
         check=True,
     )
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def _ranks(pid: int) -> list[int]:
+    """``pid`` and its forked training workers (children with its command line).
+
+    Children started otherwise (torch's compile workers) are left out, as the
+    one-process figure leaves them out.
+    """
+
+    def cmdline(p: int) -> bytes:
+        with open(f"/proc/{p}/cmdline", "rb") as f:
+            return f.read()
+
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(c) for c in f.read().split()]
+    own = cmdline(pid)
+    out = [pid]
+    for child in children:
+        try:
+            if cmdline(child) == own:
+                out.append(child)
+        except OSError:  # exited meanwhile
+            pass
+    return out
+
+
+def _pss_mib(pid: int) -> float:
+    """Proportional set size of a process (shared pages split between sharers)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("Pss:")) / 1024
+
+
+def training_peak_memory_workers(
+    threads: int, workers: int, compile: bool = True, every_s: float = 0.05
+) -> dict:
+    """Memory of a ``meta_train(workers=...)`` run, all its processes together.
+
+    Each process's RSS counts the pages it shares with the others since the
+    fork, so their sum overstates the run; the sum of their proportional set
+    sizes (PSS: a shared page split between its sharers) does not. It is
+    sampled every ``every_s`` seconds from here (a peak shorter than that can
+    be missed); rank 0's own peak RSS (VmHWM) is exact.
+    """
+    code = _TRAIN_RSS.format(threads=threads, compile=compile, workers=workers)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
+    )
+    peak_sum, peak_by_rank, samples = 0.0, {}, 0
+    while proc.poll() is None:
+        try:
+            ranks = _ranks(proc.pid)
+            pss = {r: _pss_mib(r) for r in ranks}
+        except (OSError, StopIteration):  # a process exited between the reads
+            pss = {}
+        if len(pss) == workers:  # every rank running (not before the fork)
+            samples += 1
+            peak_sum = max(peak_sum, sum(pss.values()))
+            for rank, (_, value) in enumerate(sorted(pss.items())):
+                peak_by_rank[rank] = max(peak_by_rank.get(rank, 0.0), value)
+        time.sleep(every_s)
+    out, _ = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"the workers' memory run failed ({proc.returncode})")
+    return {
+        "workers": workers,
+        "compiled": compile,
+        "rank0_peak_rss_mib": float(out.strip().splitlines()[-1]),
+        "peak_pss_sum_mib": peak_sum,
+        "peak_pss_by_rank_mib": [peak_by_rank[r] for r in sorted(peak_by_rank)],
+        "samples": samples,
+        "every_s": every_s,
+    }
+
+
+def _workers_memory_text(mem: dict | None) -> str:
+    """The memory of a run with worker processes (runs that measured it)."""
+    if not mem:
+        return ""
+    ranks = " / ".join(f"{v:.0f}" for v in mem["peak_pss_by_rank_mib"])
+    return (
+        f" With {mem['workers']} worker processes"
+        f"{' (compiled)' if mem['compiled'] else ''}: all processes together "
+        f"peaked at {mem['peak_pss_sum_mib']:.0f} MiB (sum of their proportional "
+        f"set sizes, shared pages counted once; per process {ranks} MiB; sampled "
+        f"every {1000 * mem['every_s']:.0f} ms, {mem['samples']} samples); rank "
+        f"0's own peak RSS {mem['rank0_peak_rss_mib']:.0f} MiB."
+    )
 
 
 def _batch_rounds_text(res: dict) -> str:
@@ -707,7 +794,8 @@ def write_markdown(p: dict) -> None:
         f"({wt['in_sequence_gb_per_s']:.0f} GB/s).",
         "",
         f"Peak RSS of a meta-training process: {p['train_peak_rss_mib']:.0f} MiB "
-        f"(compiled: {p['train_peak_rss_mib_compiled']:.0f} MiB).",
+        f"(compiled: {p['train_peak_rss_mib_compiled']:.0f} MiB)."
+        + _workers_memory_text(p.get("train_peak_memory_workers")),
         "",
         "| stream samples | fast-state bytes | process RSS (MiB) |",
         "|---|---|---|",
@@ -833,6 +921,10 @@ def main() -> None:
     rounds.round()
     payload["train_peak_rss_mib"] = training_peak_rss(args.threads)
     payload["train_peak_rss_mib_compiled"] = training_peak_rss(args.threads, True)
+    if args.workers > 1:
+        payload["train_peak_memory_workers"] = training_peak_memory_workers(
+            args.threads, args.workers
+        )
     rounds.round()
     payload["streaming"] = rounds.result()
     payload["weight_traffic"] = weight_traffic()

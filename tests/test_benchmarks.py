@@ -173,6 +173,42 @@ def test_speed_parallel_training_compares_both_settings(small_speed, monkeypatch
     )
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_speed_workers_memory_counts_forked_ranks_only(small_speed):
+    """The workers' memory: forked ranks (same command line), not other children."""
+    import multiprocessing
+    import os
+    import subprocess
+    import time
+
+    ctx = multiprocessing.get_context("fork")
+    rank = ctx.Process(target=time.sleep, args=(30,), daemon=True)
+    rank.start()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        ranks = small_speed._ranks(os.getpid())
+        assert ranks[0] == os.getpid() and rank.pid in ranks
+        assert other.pid not in ranks
+        assert small_speed._pss_mib(os.getpid()) > 0
+    finally:
+        rank.terminate()
+        other.kill()
+        rank.join()
+        other.wait()
+    mem = {
+        "workers": 2,
+        "compiled": True,
+        "rank0_peak_rss_mib": 700.0,
+        "peak_pss_sum_mib": 812.4,
+        "peak_pss_by_rank_mib": [500.0, 312.4],
+        "samples": 40,
+        "every_s": 0.05,
+    }
+    text = small_speed._workers_memory_text(mem)
+    assert "peaked at 812 MiB" in text and "500 / 312 MiB" in text
+    assert small_speed._workers_memory_text(None) == ""
+
+
 def test_speed_streaming_rounds_are_spread_and_counted(small_speed):
     """speed.py's latency rounds: each streams new samples; extra calls do nothing."""
     rounds = small_speed.StreamingRounds(30, 2)
