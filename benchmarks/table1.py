@@ -83,12 +83,14 @@ PAPER = {
 
 
 def samplers(
-    data_home: str, train_per_class: int = N_PER_CLASS
+    data_home: str, train_per_class: int = N_PER_CLASS, jitter: bool = True
 ) -> tuple[EpisodeSampler, EpisodeSampler]:
     """Training sampler (1200 characters, rotations, jitter) and held-out sampler.
 
     ``train_per_class`` sets the training episodes' instances per class (their
     length is ``N_WAY`` times it); held-out episodes always have the paper's.
+    ``jitter=False`` leaves out the small random shifts and rotations of the
+    training images (the 90-degree class rotations stay).
     """
     X_tr, y_tr = fetch_omniglot(data_home=data_home, subset="train", return_X_y=True)
     X_te, y_te = fetch_omniglot(data_home=data_home, subset="test", return_X_y=True)
@@ -99,7 +101,7 @@ def samplers(
         n_per_class=train_per_class,
         image_shape=(IMAGE, IMAGE),
         rotate_classes=True,
-        augment=True,
+        augment=jitter,
     )
     test = EpisodeSampler(X_te, y_te, n_way=N_WAY, n_per_class=N_PER_CLASS)
     return train, test

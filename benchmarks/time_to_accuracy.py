@@ -66,6 +66,7 @@ def run_name(args: argparse.Namespace) -> str:
     for key, value in sorted(args.network.items()):
         name += f"_{key}{value}"
     name += "_compiled" if args.compile else ""
+    name += "_nojitter" if not args.jitter else ""
     name += f"_w{args.workers}" if args.workers > 1 else ""
     return name + (f"_seed{args.seed}" if args.seed else "")
 
@@ -89,7 +90,9 @@ def _parse_network(items: list[str]) -> dict:
 
 
 def train(args: argparse.Namespace) -> None:
-    train_s, test_s = samplers(args.data_home, train_per_class=args.per_class)
+    train_s, test_s = samplers(
+        args.data_home, train_per_class=args.per_class, jitter=args.jitter
+    )
     module = make_network(args.model, args.network, seed=args.seed)
     settings = {**MODELS[args.model]["train"], "batch_size": args.batch_size}
     settings["lr"] = args.lr
@@ -105,6 +108,7 @@ def train(args: argparse.Namespace) -> None:
         "compile": args.compile,
         "workers": args.workers,
         "seed": args.seed,
+        "jitter": args.jitter,
         "eval_every": args.eval_every,
         "train_episode_length": N_WAY * args.per_class,
         "network": args.network,
@@ -266,7 +270,8 @@ def write_markdown(payload: dict) -> None:
         wall = r.get("wall_minutes")
         minutes = r["train_minutes"] if wall is None else wall
         met = acc[1] >= TARGET_SECOND and minutes <= TARGET_MINUTES
-        parts = [c["model"], _network_pairs(c), _workers(c), _seed(c)]
+        jitter = "" if c.get("jitter", True) else "no jitter"
+        parts = [c["model"], _network_pairs(c), jitter, _workers(c), _seed(c)]
         label = ", ".join(filter(None, parts))
         lines.append(
             f"| {label} "
@@ -302,6 +307,7 @@ def write_markdown(payload: dict) -> None:
             f"{c['max_minutes']:g} --eval-every {c.get('eval_every', 5)} "
             f"--threads {c['threads']}"
             + _per_class_flag(c)
+            + ("" if c.get("jitter", True) else " --no-jitter")
             + _network_flag(c)
             + (f" --workers {c['workers']}" if c.get("workers", 1) > 1 else "")
             + (f" --seed {c['seed']}" if c.get("seed", 0) else "")
@@ -397,6 +403,14 @@ def main() -> None:
         help="train: processes sharing each batch, one thread each "
         "(meta_train(workers=...)); --threads then applies to rank 0's "
         "held-out checks only",
+    )
+    p.add_argument(
+        "--no-jitter",
+        dest="jitter",
+        action="store_false",
+        help="train: no small random shifts and rotations of the training "
+        "images (the 90-degree class rotations stay; held-out images are "
+        "never jittered)",
     )
     p.add_argument(
         "--seed",

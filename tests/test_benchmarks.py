@@ -86,12 +86,14 @@ def test_time_to_accuracy_names_data_parallel_runs(tta, tmp_path):
 def test_time_to_accuracy_names_reseeded_runs(tta, tmp_path):
     run = _run(0.8, 14.0, 15.0)
     run["config"]["seed"] = 1
-    tta.write_markdown(_report({"s": run, "zero": _run(0.8, 14.0, 15.0)}))
+    plain = _run(0.8, 14.0, 15.0)
+    plain["config"]["jitter"] = False
+    tta.write_markdown(_report({"s": run, "zero": plain}))
     text = (tmp_path / "time_to_accuracy.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| mann_add")]
     assert rows[0].startswith("| mann_add, seed 1 |")
-    assert rows[1].startswith("| mann_add |")
-    assert text.count("--seed 1") == 1
+    assert rows[1].startswith("| mann_add, no jitter |")
+    assert text.count("--seed 1") == 1 and text.count("--no-jitter") == 1
 
 
 def test_time_to_accuracy_run_names_keep_earlier_runs(tta):
@@ -109,12 +111,15 @@ def test_time_to_accuracy_run_names_keep_earlier_runs(tta):
         compile=True,
         workers=1,
         seed=0,
+        jitter=True,
     )
     assert tta.run_name(args) == "tta_mann_add_b16_lr0.001_cosine_200k_compiled"
     args.seed, args.workers = 1, 2
     assert (
         tta.run_name(args) == "tta_mann_add_b16_lr0.001_cosine_200k_compiled_w2_seed1"
     )
+    args.jitter = False
+    assert tta.run_name(args).endswith("_compiled_nojitter_w2_seed1")
 
 
 def test_time_to_accuracy_keeps_runs_scored_elsewhere(tta, tmp_path, monkeypatch):
