@@ -605,18 +605,16 @@ def training_peak_memory_workers(
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
     )
-    peak_sum, peak_by_rank, samples = 0.0, {}, 0
+    peak_sum, peak_by_rank, samples = 0.0, [0.0] * workers, 0
     while proc.poll() is None:
-        try:
-            ranks = _ranks(proc.pid)
-            pss = {r: _pss_mib(r) for r in ranks}
+        try:  # rank order: rank 0 first, then its forked children
+            pss = [_pss_mib(r) for r in _ranks(proc.pid)]
         except (OSError, StopIteration):  # a process exited between the reads
-            pss = {}
+            pss = []
         if len(pss) == workers:  # every rank running (not before the fork)
             samples += 1
-            peak_sum = max(peak_sum, sum(pss.values()))
-            for rank, (_, value) in enumerate(sorted(pss.items())):
-                peak_by_rank[rank] = max(peak_by_rank.get(rank, 0.0), value)
+            peak_sum = max(peak_sum, sum(pss))
+            peak_by_rank = [max(a, b) for a, b in zip(peak_by_rank, pss)]
         time.sleep(every_s)
     out, _ = proc.communicate()
     if proc.returncode:
@@ -626,7 +624,7 @@ def training_peak_memory_workers(
         "compiled": compile,
         "rank0_peak_rss_mib": float(out.strip().splitlines()[-1]),
         "peak_pss_sum_mib": peak_sum,
-        "peak_pss_by_rank_mib": [peak_by_rank[r] for r in sorted(peak_by_rank)],
+        "peak_pss_by_rank_mib": peak_by_rank,
         "samples": samples,
         "every_s": every_s,
     }
