@@ -51,6 +51,11 @@ class PendingStep(NamedTuple):
     least_used: np.ndarray | None = None  # (N,) and its least-used mask
 
 
+def _softplus(x: np.ndarray) -> np.ndarray:
+    """``log(1 + exp(x))``, without overflow (the key strengths)."""
+    return np.logaddexp(0.0, x).astype(x.dtype, copy=False)
+
+
 def _committed(pending: PendingStep, usage, least_used) -> MANNState:
     """The batch-1 state a committed one-row step leaves."""
     return MANNState(
@@ -119,7 +124,10 @@ class NumpyMANN:
         self._lstm = module.controller == "lstm"
         self._add_content = module.write_content == "add"
         self._read_after_write = bool(module.read_after_write)
-        #: Use the compiled kernels of :mod:`sk_mann._jit_step` for one row.
+        #: Key strengths (``MANN(key_strength=True)``): the last ``n_reads``
+        #: head outputs. The compiled kernels do not take them: such a
+        #: network streams and predicts through the NumPy code.
+        self._strength = bool(getattr(module, "key_strength", False))
         self.jit = _jit_step.AVAILABLE
         #: Threads of the compiled kernels (their two large products).
         self.n_threads = 1
@@ -136,6 +144,16 @@ class NumpyMANN:
         self._reverse = False
         #: ``(h, [h; reads])`` of the last committed state (see ``_rec_of``).
         self._last_rec: tuple = (None, None)
+
+    @property
+    def jit(self) -> bool:
+        """Use the compiled kernels of :mod:`sk_mann._jit_step` (never with key
+        strengths, which they do not take: setting True then keeps False)."""
+        return self._jit
+
+    @jit.setter
+    def jit(self, value: bool) -> None:
+        self._jit = bool(value) and not self._strength
 
     def weights_version(self) -> tuple:
         """Torch's version counters of the weights: they change on in-place updates."""
@@ -167,7 +185,7 @@ class NumpyMANN:
     def _controller_and_heads(
         self, inputs: np.ndarray, state: MANNState, base: np.ndarray | None = None
     ) -> tuple:
-        """Controller update and squashed head outputs (h, c, keys, gate, content).
+        """Controller update and head outputs: (h, c, keys, gate, content, strength).
 
         With ``base`` (:meth:`prepare` of a batch-1 state), ``inputs`` holds the
         features only and every row shares that state and previous label.
@@ -199,7 +217,9 @@ class NumpyMANN:
         return (h, c, *self._heads(h))
 
     def _heads(self, h: np.ndarray, fused: bool = False) -> tuple:
-        """Squashed head outputs (keys, gate, content) of ``n`` rows of ``h``.
+        """Squashed head outputs (keys, gate, content, strength) of ``n`` rows.
+
+        ``strength`` (n, heads) is None for a network without key strengths.
 
         ``fused``: in one compiled pass (float32 batch predict, as its LSTM
         cells), with the rational ``tanh`` of :func:`_jit_step.batch_heads`.
@@ -213,15 +233,16 @@ class NumpyMANN:
             keys, gate, content = _jit_step.batch_heads(head, self.b_head, R, W, add)
             # numba boxes the same array twice as two objects: keep one, so
             # that the read sees "content is keys" and skips its products.
-            return keys, gate, content if add else keys
+            return keys, gate, content if add else keys, None
         head += self.b_head
         keys = np.tanh(head[:, : R * W]).reshape(n, R, W)
         gate = _sigmoid(head[:, R * W : R * W + R])
         if m.write_content == "add":
-            content = np.tanh(head[:, R * W + R :]).reshape(n, R, W)
+            content = np.tanh(head[:, R * W + R : 2 * R * W + R]).reshape(n, R, W)
         else:
             content = keys
-        return keys, gate, content
+        strength = _softplus(head[:, -R:]) if self._strength else None
+        return keys, gate, content, strength
 
     def _controller(self, inputs: np.ndarray, state: MANNState) -> tuple:
         """``(h, c)`` from ``inputs = [x ; label]`` rows and a batch-1 or n state."""
@@ -262,7 +283,7 @@ class NumpyMANN:
         m = self.m
         n = inputs.shape[0]
         R, W = m.n_reads, m.slot_size
-        h, c, keys, gate, content = self._controller_and_heads(inputs, state)
+        h, c, keys, gate, content, strength = self._controller_and_heads(inputs, state)
         gate = gate[:, :, None]
         mem = state.memory
         lu = mem.least_used[:, None, :]
@@ -282,6 +303,8 @@ class NumpyMANN:
             * np.linalg.norm(source, axis=-1)[:, None, :]
         )
         sim = dots / (norms + _EPS)
+        if strength is not None:
+            sim *= strength[:, :, None]
         sim = np.exp(sim - sim.max(axis=-1, keepdims=True))
         read_w = sim / sim.sum(axis=-1, keepdims=True)
         reads = np.matmul(read_w, source).reshape(n, R * W)
@@ -322,7 +345,9 @@ class NumpyMANN:
         m = self.m
         n = inputs.shape[0]
         R, W = m.n_reads, m.slot_size
-        h, _, keys, gate, content = self._controller_and_heads(inputs, state, base)
+        h, _, keys, gate, content, strength = self._controller_and_heads(
+            inputs, state, base
+        )
         mem = state.memory
         lu = mem.least_used[0]
         if self.jit and m.read_after_write:
@@ -348,7 +373,10 @@ class NumpyMANN:
         norms += _EPS
         sim = dots
         sim /= norms
-        np.exp(sim, out=sim)  # cosines lie in [-1, 1]: no max to subtract
+        if strength is not None:  # beta * cosine: subtract the max
+            sim *= strength[:, :, None]
+            sim -= sim.max(axis=-1, keepdims=True)
+        np.exp(sim, out=sim)  # else cosines lie in [-1, 1]: no max to subtract
         sim /= sim.sum(axis=-1, keepdims=True)
         read_w = sim
         reads = (read_w.reshape(n * R, -1) @ shared).reshape(n, R, W)
@@ -527,7 +555,10 @@ class NumpyMANN:
         th = np.tanh(head * self.head_scale)
         keys = th[: R * W].reshape(R, W)
         gate = th[R * W : R * W + R, None] * 0.5 + 0.5
-        content = th[R * W + R :].reshape(R, W) if m.write_content == "add" else keys
+        if m.write_content == "add":
+            content = th[R * W + R : 2 * R * W + R].reshape(R, W)
+        else:
+            content = keys
         mem = state.memory
         lu = mem.least_used[0]
         write_w = mem.read_weights[0] - lu
@@ -543,7 +574,10 @@ class NumpyMANN:
         )
         norms += _EPS
         sim /= norms
-        np.exp(sim, out=sim)  # cosines lie in [-1, 1]: no max to subtract
+        if self._strength:  # beta * cosine: subtract the max
+            sim *= _softplus(head[-R:])[:, None]
+            sim -= sim.max(axis=1, keepdims=True)
+        np.exp(sim, out=sim)  # else cosines lie in [-1, 1]: no max to subtract
         sim /= sim.sum(axis=1, keepdims=True)
         reads = (sim @ source).ravel()
         logits = h @ self.w_out_h_t

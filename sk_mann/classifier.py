@@ -152,6 +152,11 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         Write the key itself (the paper) or a separate add vector.
     read_after_write : bool, default=True
         Read the memory after this step's write (True) or before it.
+    key_strength : bool, default=False
+        Not in the paper: each head also emits a key strength ``beta >= 0``
+        that sharpens its read (``softmax(beta * cosine)``, as the Neural
+        Turing Machine's content addressing). Such a network streams through
+        NumPy code, not the compiled kernels (slower per sample).
     labels : {"onehot", "string"}, default="onehot"
         Label codes: ``n_way`` one-hot codes, or the paper's 5-character strings
         (3125 codes).
@@ -276,6 +281,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         "read_feedback": ["boolean"],
         "write_content": [StrOptions({"key", "add"})],
         "read_after_write": ["boolean"],
+        "key_strength": ["boolean"],
         "labels": [StrOptions({"onehot", "string"})],
         "n_way": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_per_class": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -314,7 +320,11 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         "read_feedback",
         "write_content",
         "read_after_write",
+        "key_strength",
     )
+    #: Architecture parameters added after weights files were first shipped:
+    #: a file without one was written by a network with this value.
+    _ARCH_DEFAULTS_OF_OLD_FILES = {"key_strength": False}
 
     def __init__(
         self,
@@ -328,6 +338,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         read_feedback: bool = True,
         write_content: str = "key",
         read_after_write: bool = True,
+        key_strength: bool = False,
         labels: str = "onehot",
         n_way: int = 5,
         n_per_class: int = 10,
@@ -356,6 +367,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         self.read_feedback = read_feedback
         self.write_content = write_content
         self.read_after_write = read_after_write
+        self.key_strength = key_strength
         self.labels = labels
         self.n_way = n_way
         self.n_per_class = n_per_class
@@ -471,11 +483,10 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             diffs.append(
                 f"n_way: file={config.get('n_way')!r}, model={ours['n_way']!r}"
             )
+        theirs = {**self._ARCH_DEFAULTS_OF_OLD_FILES, **config.get("kwargs", {})}
         for key, val in ours["kwargs"].items():
-            if config.get("kwargs", {}).get(key) != val:
-                diffs.append(
-                    f"{key}: file={config.get('kwargs', {}).get(key)!r}, model={val!r}"
-                )
+            if theirs.get(key) != val:
+                diffs.append(f"{key}: file={theirs.get(key)!r}, model={val!r}")
         if diffs:
             what = (
                 "input size"

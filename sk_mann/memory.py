@@ -114,20 +114,26 @@ def cosine_similarity(keys: Tensor, memory: Tensor) -> Tensor:
     return dots / (norms + _EPS)
 
 
-def read_weights(similarity: Tensor) -> Tensor:
+def read_weights(similarity: Tensor, strength: Tensor | None = None) -> Tensor:
     """Read weights: softmax of the similarity over slots (eq. 3).
 
     ``w^r_t(i) = exp K(k_t, M_t(i)) / sum_j exp K(k_t, M_t(j))`` -- no key
-    strength, no sharpening.
+    strength, no sharpening (the paper). With ``strength`` (an extension, the
+    key strength ``beta`` of the Neural Turing Machine) the similarity is
+    multiplied by ``beta`` first: ``softmax_i(beta K(k_t, M_t(i)))``.
 
     Parameters
     ----------
     similarity : Tensor of shape (batch, heads, slots)
+    strength : Tensor of shape (batch, heads), optional
+        Key strength ``beta >= 0`` of each head; None: the paper's ``beta = 1``.
 
     Returns
     -------
     Tensor of shape (batch, heads, slots)
     """
+    if strength is not None:
+        similarity = similarity * strength.unsqueeze(-1)
     return torch.softmax(similarity, dim=-1)
 
 
@@ -285,6 +291,7 @@ def lrua_step(
     *,
     gamma: float = 0.95,
     read_after_write: bool = True,
+    strength: Tensor | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """One full LRUA memory step: erase, write, read, usage, least-used mask.
 
@@ -302,6 +309,8 @@ def lrua_step(
         Usage decay (eq. 5).
     read_after_write : bool, default=True
         Read ``M_t`` (after this step's write) if True, else ``M_{t-1}``.
+    strength : Tensor of shape (batch, heads), optional
+        Key strength of each head (see :func:`read_weights`); None: none.
 
     Returns
     -------
@@ -315,7 +324,7 @@ def lrua_step(
     erased = erase_least_used(state.memory, state.usage)
     new_memory = write(erased, write_w, content)
     source = new_memory if read_after_write else state.memory
-    read_w = read_weights(cosine_similarity(keys, source))
+    read_w = read_weights(cosine_similarity(keys, source), strength)
     reads = read(read_w, source)
     usage = update_usage(state.usage, read_w, write_w, gamma)
     least_used = least_used_weights(usage, n_reads)
@@ -330,6 +339,7 @@ def lrua_step_fused(
     *,
     gamma: float = 0.95,
     read_after_write: bool = True,
+    strength: Tensor | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """Same as :func:`lrua_step`, with fewer tensor operations (the fast path).
 
@@ -360,7 +370,10 @@ def lrua_step_fused(
     else:
         dots = torch.bmm(keys, source.transpose(1, 2))
     norms = keys.norm(dim=-1, keepdim=True) * source.norm(dim=-1).unsqueeze(1)
-    read_w = torch.softmax(dots / (norms + _EPS), dim=-1)
+    similarity = dots / (norms + _EPS)
+    if strength is not None:
+        similarity = similarity * strength.unsqueeze(-1)
+    read_w = torch.softmax(similarity, dim=-1)
     if fusing:
         reads = (read_w.unsqueeze(-1) * source.unsqueeze(1)).sum(dim=2)
     else:

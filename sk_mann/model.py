@@ -16,6 +16,7 @@ input projection of all steps at once), so they agree exactly.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -94,7 +95,16 @@ class MANN(nn.Module):
         Write the read key (eq. 8 of the paper) or a separate add vector.
     read_after_write : bool, default=True
         Step ``t`` reads ``M_t`` (after its own write) or ``M_{t-1}``.
+    key_strength : bool, default=False
+        An extension, not in the paper: each head also emits a key strength
+        ``beta = softplus(.)`` that multiplies its cosine similarities before
+        the read softmax (as the Neural Turing Machine's content addressing),
+        so a read can focus on one slot; its bias starts at ``beta = 1``, the
+        paper's read.
     """
+
+    #: Networks pickled before the option existed have none.
+    key_strength = False
 
     def __init__(
         self,
@@ -111,6 +121,7 @@ class MANN(nn.Module):
         read_feedback: bool = True,
         write_content: str = "key",
         read_after_write: bool = True,
+        key_strength: bool = False,
     ) -> None:
         super().__init__()
         if controller not in ("lstm", "ff"):
@@ -127,6 +138,7 @@ class MANN(nn.Module):
         self.read_feedback = read_feedback
         self.write_content = write_content
         self.read_after_write = read_after_write
+        self.key_strength = bool(key_strength)
 
         n_gates = 4 if controller == "lstm" else 1
         read_size = n_reads * slot_size
@@ -142,7 +154,12 @@ class MANN(nn.Module):
         n_head = n_reads * slot_size + n_reads
         if write_content == "add":
             n_head += n_reads * slot_size
+        if self.key_strength:  # the last n_reads outputs
+            n_head += n_reads
         self.head = nn.Linear(controller_size, n_head)
+        if self.key_strength:  # softplus(log(e - 1)) = 1: the paper's read at first
+            with torch.no_grad():
+                self.head.bias[-n_reads:].fill_(math.log(math.e - 1.0))
         self.output = nn.Linear(controller_size + read_size, n_outputs)
         if controller == "lstm":  # forget-gate bias 1, a common LSTM initialisation
             with torch.no_grad():
@@ -194,9 +211,12 @@ class MANN(nn.Module):
         keys = torch.tanh(head[:, : r * w]).view(batch, r, w)
         gate = torch.sigmoid(head[:, r * w : r * w + r])
         if self.write_content == "add":
-            content = torch.tanh(head[:, r * w + r :]).view(batch, r, w)
+            content = torch.tanh(head[:, r * w + r : 2 * r * w + r]).view(batch, r, w)
         else:
             content = keys
+        strength = (
+            torch.nn.functional.softplus(head[:, -r:]) if self.key_strength else None
+        )
         reads, memory = mem.lrua_step_fused(
             state.memory,
             keys,
@@ -204,6 +224,7 @@ class MANN(nn.Module):
             content,
             gamma=self.gamma,
             read_after_write=self.read_after_write,
+            strength=strength,
         )
         reads = reads.reshape(batch, r * w)
         return torch.cat([h, reads], dim=-1), MANNState(h, c, reads, memory)

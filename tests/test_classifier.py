@@ -158,7 +158,12 @@ def test_numpy_stream_equals_torch_stream(data, fitted, jit, n_jobs):
     fast.set_params(n_jobs=n_jobs)
     fast._numpy_.jit = jit
     ref._numpy_ = None  # the straightforward torch path, kept as the reference
-    for i in range(30):
+    _assert_same_stream(fast, ref, Xn, yn, 30)
+
+
+def _assert_same_stream(fast, ref, Xn, yn, n):
+    """``n`` predict_proba_one + learn_one through both models: same answers."""
+    for i in range(n):
         x = as_dict(Xn[i])
         p_fast, p_ref = fast.predict_proba_one(x), ref.predict_proba_one(x)
         assert p_fast.keys() == p_ref.keys()
@@ -170,6 +175,20 @@ def test_numpy_stream_equals_torch_stream(data, fitted, jit, n_jobs):
         ref.learn_one(learn, yn[i])
     for a, b in zip(state_tensors(fast), state_tensors(ref), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_key_strength_model_streams_and_predicts_as_torch(data):
+    """key_strength=True: meta-trains, and its NumPy paths (streaming, batch
+    predict) give the torch path's answers."""
+    X, y, Xn, yn = data
+    fast = make(key_strength=True, n_episodes=8).fit(X, y)
+    assert fast.module_.key_strength and not fast._numpy_.jit
+    ref = copy.deepcopy(fast)
+    ref._numpy_ = None  # the torch path
+    np.testing.assert_allclose(
+        fast.predict_proba(Xn[:10]), ref.predict_proba(Xn[:10]), atol=1e-5
+    )
+    _assert_same_stream(fast, ref, Xn, yn, 12)
 
 
 def test_numpy_path_state_pickles_and_feeds_the_torch_path(data, fitted):
@@ -924,6 +943,19 @@ def test_pretrained_file_loads_the_slow_weights(data, fitted, weights_file, as_p
     assert_same_weights(lazy, fitted)
 
 
+def test_weights_file_older_than_key_strength_loads(data, fitted, tmp_path):
+    """A file written before ``key_strength`` existed has none in its config:
+    it is a network without key strengths, and loads as one."""
+    X, y, Xn, yn = data
+    config = fitted._network_config(64)
+    del config["kwargs"]["key_strength"]
+    path = tmp_path / "old.pt"
+    save_weights(path, fitted.module_, config)
+    assert_same_weights(make(pretrained=str(path)).fit(Xn, yn), fitted)
+    with pytest.raises(ValueError, match="key_strength: file=False, model=True"):
+        make(pretrained=str(path), key_strength=True).fit(Xn, yn)
+
+
 def _bad_weights(kind, tmp_path, fitted):
     path = tmp_path / f"{kind}.pt"
     if kind == "missing":
@@ -938,6 +970,9 @@ def _bad_weights(kind, tmp_path, fitted):
     elif kind == "n_inputs":
         other = make().fit(np.eye(10)[:4], [0, 1, 2, 3])
         save_weights(path, other.module_, other._network_config(10))
+    elif kind == "key_strength":
+        other = make(key_strength=True).fit(np.eye(64)[:4], [0, 1, 2, 3])
+        save_weights(path, other.module_, other._network_config(64))
     elif kind == "lying_config":  # config says ours, tensors are another network
         other = make(controller_size=8).fit(np.eye(64)[:4], [0, 1, 2, 3])
         save_weights(path, other.module_, fitted._network_config(64))
@@ -950,6 +985,7 @@ BAD_WEIGHTS = [
     ("foreign", ValueError, "not an sk_mann weights file"),
     ("architecture", ValueError, r"architecture.*controller_size: file=8, model=16"),
     ("n_inputs", ValueError, r"input size.*n_inputs: file=10, model=64"),
+    ("key_strength", ValueError, r"architecture.*key_strength: file=True, model=False"),
     ("lying_config", ValueError, "another architecture"),
 ]
 

@@ -50,15 +50,16 @@ def ref_cosine(keys, memory):
     return out
 
 
-def ref_read_weights(sim):
-    """Eq. 3: softmax over slots."""
+def ref_read_weights(sim, strength=None):
+    """Eq. 3: softmax over slots (of ``beta * sim`` given key strengths)."""
     out = np.zeros_like(sim)
     batch, heads, slots = sim.shape
     for b in range(batch):
         for h in range(heads):
-            z = sum(math.exp(sim[b, h, j]) for j in range(slots))
+            beta = 1.0 if strength is None else strength[b, h]
+            z = sum(math.exp(beta * sim[b, h, j]) for j in range(slots))
             for i in range(slots):
-                out[b, h, i] = math.exp(sim[b, h, i]) / z
+                out[b, h, i] = math.exp(beta * sim[b, h, i]) / z
     return out
 
 
@@ -147,14 +148,14 @@ def ref_write(memory, write_w, content):
     return out
 
 
-def ref_lrua_step(state, keys, gate, content, gamma, read_after_write):
+def ref_lrua_step(state, keys, gate, content, gamma, read_after_write, strength=None):
     """A whole step composed of the references above."""
     memory, usage, prev_read_w, prev_lu = state
     heads = keys.shape[1]
     write_w = ref_write_weights(gate, prev_read_w, prev_lu)
     new_memory = ref_write(ref_erase(memory, usage), write_w, content)
     source = new_memory if read_after_write else memory
-    read_w = ref_read_weights(ref_cosine(keys, source))
+    read_w = ref_read_weights(ref_cosine(keys, source), strength)
     reads = ref_read(read_w, source)
     new_usage = ref_usage(usage, read_w, write_w, gamma)
     return reads, (new_memory, new_usage, read_w, ref_least_used(new_usage, heads))
@@ -319,17 +320,19 @@ def test_write_matches_reference(batch, heads, slots, width):
 
 
 @STEP_FNS
+@pytest.mark.parametrize("strong", [False, True], ids=["no-strength", "strength"])
 @pytest.mark.parametrize("read_after_write", [True, False])
 @pytest.mark.parametrize("gamma", [0.95, 0.99])
 @pytest.mark.parametrize("batch, heads, slots, width", SHAPES)
 def test_lrua_step_matches_reference(
-    batch, heads, slots, width, gamma, read_after_write, step_fn
+    batch, heads, slots, width, gamma, read_after_write, strong, step_fn
 ):
     rng = np.random.default_rng(9)
     state = random_state(rng, batch, heads, slots, width)
     keys = np.tanh(rng.standard_normal((batch, heads, width)))
     content = np.tanh(rng.standard_normal((batch, heads, width)))
     gate = unit_sigmoid(rng, (batch, heads))
+    strength = rng.uniform(0.0, 20.0, (batch, heads)) if strong else None
     reads, new = step_fn(
         to_state(state),
         t(keys),
@@ -337,9 +340,10 @@ def test_lrua_step_matches_reference(
         t(content),
         gamma=gamma,
         read_after_write=read_after_write,
+        strength=None if strength is None else t(strength),
     )
     ref_reads, ref_new = ref_lrua_step(
-        state, keys, gate, content, gamma, read_after_write
+        state, keys, gate, content, gamma, read_after_write, strength
     )
     assert isinstance(new, mem.MemoryState)
     assert_allclose(reads.numpy(), ref_reads, rtol=1e-10, atol=1e-12)
@@ -367,10 +371,11 @@ def test_lrua_step_several_steps_match_reference(read_after_write, step_fn):
         assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("strong", [False, True], ids=["no-strength", "strength"])
 @pytest.mark.parametrize("read_after_write", [True, False])
 @pytest.mark.parametrize("batch, heads, slots, width", SHAPES)
 def test_fused_step_equals_reference_step_with_gradients(
-    batch, heads, slots, width, read_after_write
+    batch, heads, slots, width, read_after_write, strong
 ):
     rng = np.random.default_rng(15)
     M, usage, prev_r, prev_lu = random_state(rng, batch, heads, slots, width)
@@ -379,14 +384,21 @@ def test_fused_step_equals_reference_step_with_gradients(
         unit_sigmoid(rng, (batch, heads)),
         rng.standard_normal((batch, heads, width)),
         M,
+        rng.uniform(0.0, 10.0, (batch, heads)),
     ]
     results = []
     for fn in (mem.lrua_step, mem.lrua_step_fused):
-        leaves = [t(a).requires_grad_() for a in arrays]
-        keys, gate, content, memory = leaves
+        leaves = [t(a).requires_grad_() for a in arrays[: 5 if strong else 4]]
+        keys, gate, content, memory = leaves[:4]
         state = mem.MemoryState(memory, t(usage), t(prev_r), t(prev_lu))
         reads, new = fn(
-            state, keys, gate, content, gamma=0.9, read_after_write=read_after_write
+            state,
+            keys,
+            gate,
+            content,
+            gamma=0.9,
+            read_after_write=read_after_write,
+            strength=leaves[4] if strong else None,
         )
         (
             reads.sin().sum() + new.memory.cos().sum() + new.usage.square().sum()
@@ -418,6 +430,25 @@ def test_read_weights_hand_case():
     got = mem.read_weights(t([[[1.0, 0.0]]])).numpy()[0, 0]
     e = math.e
     assert_allclose(got, [e / (e + 1), 1 / (e + 1)], rtol=1e-12)
+
+
+def test_read_weights_key_strength_hand_case():
+    """Key strength 2 on similarities 1 and 0: e^2/(e^2+1); 0 gives equal weights."""
+    sim = t([[[1.0, 0.0], [1.0, 0.0]]])
+    got = mem.read_weights(sim, t([[2.0, 0.0]])).numpy()[0]
+    e2 = math.e**2
+    assert_allclose(got[0], [e2 / (e2 + 1), 1 / (e2 + 1)], rtol=1e-12)
+    assert_allclose(got[1], [0.5, 0.5], rtol=1e-12)
+
+
+@pytest.mark.parametrize("batch, heads, slots, width", SHAPES)
+def test_read_weights_with_strength_match_reference(batch, heads, slots, width):
+    rng = np.random.default_rng(21)
+    sim = rng.uniform(-1, 1, (batch, heads, slots))
+    beta = rng.uniform(0.0, 30.0, (batch, heads))
+    got = mem.read_weights(t(sim), t(beta)).numpy()
+    assert_allclose(got, ref_read_weights(sim, beta), rtol=1e-12)
+    assert_allclose(got.sum(-1), 1.0, rtol=1e-12)
 
 
 def test_read_hand_case():
@@ -684,8 +715,10 @@ def test_gradient_reaches_keys_gate_content_and_memory(step_fn):
 
 
 @pytest.mark.parametrize("controller", ["lstm", "ff"])
-@pytest.mark.parametrize("write_content", ["key", "add"])
-def test_gradcheck_mann_step(controller, write_content):
+@pytest.mark.parametrize(
+    "write_content, key_strength", [("key", False), ("add", False), ("add", True)]
+)
+def test_gradcheck_mann_step(controller, write_content, key_strength):
     torch.manual_seed(0)
     n_in, n_lab, n_out = 3, 2, 2
     net = MANN(
@@ -698,6 +731,7 @@ def test_gradcheck_mann_step(controller, write_content):
         slot_size=3,
         n_reads=2,
         write_content=write_content,
+        key_strength=key_strength,
     ).double()
     state0 = net.initial_state(2)
     # take two steps so that the state is not the trivial initial one

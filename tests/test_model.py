@@ -31,6 +31,11 @@ MANN_CONFIGS = [
     for c, rf, wc, raw in itertools.product(
         ["lstm", "ff"], [True, False], ["key", "add"], [True, False]
     )
+] + [  # the key-strength extension
+    dict(controller="lstm", write_content="add", key_strength=True),
+    dict(
+        controller="ff", read_feedback=False, read_after_write=False, key_strength=True
+    ),
 ]
 
 
@@ -150,11 +155,51 @@ def test_recurrent_input_size(controller, read_feedback, in_features):
 
 
 @pytest.mark.parametrize(
-    "write_content, n_head", [("key", 2 * 3 + 2), ("add", 2 * 3 * 2 + 2)]
+    "write_content, key_strength, n_head",
+    [
+        ("key", False, 2 * 3 + 2),
+        ("add", False, 2 * 3 * 2 + 2),
+        ("key", True, 2 * 3 + 2 + 2),
+        ("add", True, 2 * 3 * 2 + 2 + 2),
+    ],
 )
-def test_head_size(write_content, n_head):
-    net = MANN(N_IN, N_LAB, N_OUT, write_content=write_content, **SMALL)
+def test_head_size(write_content, key_strength, n_head):
+    net = MANN(
+        N_IN,
+        N_LAB,
+        N_OUT,
+        write_content=write_content,
+        key_strength=key_strength,
+        **SMALL,
+    )
     assert net.head.out_features == n_head
+
+
+@pytest.mark.parametrize("write_content", ["key", "add"])
+def test_key_strength_starts_as_the_papers_read(write_content):
+    """Strength weights zero: beta = softplus(bias) = 1 (to float32 rounding:
+    the bias is set before the cast to float64), the paper's network."""
+    cfg = dict(write_content=write_content)
+    paper = make_mann(cfg)
+    strong = make_mann({**cfg, "key_strength": True})
+    with torch.no_grad():
+        strong.head.weight[-2:].zero_()
+        state = {
+            k: (v[:-2] if k.startswith("head.") else v)
+            for k, v in strong.state_dict().items()
+        }
+    paper.load_state_dict(state)
+    x, label_in = episodes()
+    assert_allclose(
+        strong(x, label_in).detach().numpy(),
+        paper(x, label_in).detach().numpy(),
+        rtol=1e-8,
+        atol=1e-10,
+    )
+    # A larger strength changes the reads (the option is not a no-op).
+    with torch.no_grad():
+        strong.head.bias[-2:].fill_(5.0)
+    assert not torch.allclose(strong(x, label_in), paper(x, label_in))
 
 
 def test_mann_defaults_are_the_papers():
@@ -162,6 +207,7 @@ def test_mann_defaults_are_the_papers():
     assert (net.controller, net.controller_size) == ("lstm", 200)
     assert (net.n_slots, net.slot_size, net.n_reads) == (128, 40, 4)
     assert net.write_content == "key" and net.read_feedback
+    assert not net.key_strength
     assert net.output.in_features == 200 + 4 * 40
 
 

@@ -22,9 +22,9 @@ def _stream(module, n_steps, seed=0):
     return torch.rand(n_steps, 1, 12 + 3, generator=g, dtype=torch.float64)
 
 
-def _small(controller, feedback, content, raw):
+def _small(controller, feedback, content, raw, key_strength=False):
     torch.manual_seed(0)
-    return MANN(
+    module = MANN(
         12,
         3,
         3,
@@ -36,7 +36,17 @@ def _small(controller, feedback, content, raw):
         read_feedback=feedback,
         write_content=content,
         read_after_write=raw,
+        key_strength=key_strength,
     ).double()
+    if key_strength:  # strengths from ~0 to ~10 across rows and steps
+        with torch.no_grad():
+            module.head.weight[-2:] *= 20.0
+            module.head.bias[-2:] = torch.tensor([4.0, -1.0])
+    return module
+
+
+#: Networks with key strengths (read after write or not, key or add vector).
+STRENGTH_OPTIONS = [("lstm", True, "add", True), ("ff", False, "key", False)]
 
 
 @pytest.mark.parametrize("controller,feedback,content,raw", OPTIONS)
@@ -363,3 +373,43 @@ def test_compiled_float32_stream_equals_numpy(content, n_threads):
         for a, b in zip(*out, strict=True):
             assert a.dtype == b.dtype == np.float32
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("controller,feedback,content,raw", STRENGTH_OPTIONS)
+def test_key_strength_paths_equal_torch(controller, feedback, content, raw):
+    """With key strengths: the NumPy batch step, the single-row step and the
+    factored predict all give the torch step's logits and state (the compiled
+    kernels are not used: they take no strengths)."""
+    module = _small(controller, feedback, content, raw, key_strength=True)
+    fast = NumpyMANN(module)
+    fast.jit = True  # refused: the kernels would ignore the strengths
+    assert not fast.jit
+    state_t = module.initial_state(1)
+    ref = one = NumpyMANN.state_to_numpy(module.initial_state(1))
+    betas = []
+    with torch.no_grad():
+        for inputs in _stream(module, 20):
+            betas.append(torch.nn.functional.softplus(module.head(state_t.h)[:, -2:]))
+            rows = np.random.default_rng(len(betas)).random((4, 15))
+            expected_rows, _ = fast.step(rows, ref)
+            np.testing.assert_allclose(
+                fast.predict_logits(rows, ref), expected_rows, rtol=1e-9, atol=1e-10
+            )
+            logits_t, state_t = module.step(inputs, state_t)
+            logits_ref, ref = fast.step(inputs.numpy(), ref)
+            x, label = inputs.numpy()[0, :12], inputs.numpy()[0, 12:]
+            logits_one, pending = fast.step_one(x, one, label)
+            one = fast.commit(pending, one)
+            for got in (logits_ref[0], logits_one):
+                np.testing.assert_allclose(
+                    got, logits_t.numpy()[0], rtol=1e-9, atol=1e-10
+                )
+    for a, b, c in zip(
+        [*one[:3], *one.memory],
+        [*ref[:3], *ref.memory],
+        [*state_t[:3], *state_t.memory],
+    ):
+        np.testing.assert_allclose(a, c.numpy(), rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(b, c.numpy(), rtol=1e-9, atol=1e-10)
+    betas = torch.cat(betas)
+    assert betas.min() < 0.5 and betas.max() > 4.0  # strengths far from 1 were used
