@@ -57,6 +57,7 @@ from sk_mann.training import meta_train
 
 TARGET_SECOND = 82.8  # paper's MANN, 2nd instance (%)
 TARGET_MINUTES = 15.0
+SLACK_SECONDS = 15.0  # train stops this long before the budget (--slack)
 DEFAULT_STEPS = N_WAY * N_PER_CLASS
 BATCHES_PER_EPOCH = 50
 
@@ -165,8 +166,8 @@ def report(args: argparse.Namespace) -> None:
     _, test_s = samplers(args.data_home)
     runs = _earlier_runs()
     for ckpt in sorted(RUNS.glob("tta_*")):
-        if not (ckpt / "config.json").exists():
-            continue
+        if not all((ckpt / f).exists() for f in ("config.json", "history.json")):
+            continue  # not begun, or a run still compiling its first epoch
         config = json.loads((ckpt / "config.json").read_text())
         history = json.loads((ckpt / "history.json").read_text())
         module = make_network(config["model"], config.get("network"))
@@ -224,6 +225,12 @@ def report(args: argparse.Namespace) -> None:
 def _steps(config: dict) -> int:
     """Training episode length of a run (runs before session 5: the paper's)."""
     return config.get("train_episode_length", DEFAULT_STEPS)
+
+
+def _slack_flag(config: dict) -> str:
+    """``--slack`` where a run's differs from the default (none before session 12)."""
+    slack = config.get("slack_seconds", 0.0)
+    return "" if slack == SLACK_SECONDS else f" --slack {slack:g}"
 
 
 def _per_class_flag(config: dict) -> str:
@@ -315,6 +322,7 @@ def write_markdown(payload: dict) -> None:
             + _network_flag(c)
             + (f" --workers {c['workers']}" if c.get("workers", 1) > 1 else "")
             + (f" --seed {c['seed']}" if c.get("seed", 0) else "")
+            + _slack_flag(c)
             + (" --compile`" if c.get("compile") else "`")
         )
     notes = [
@@ -334,7 +342,11 @@ def write_markdown(payload: dict) -> None:
         "checks not). Wall min: the real time of the whole run, everything "
         "included (recorded by runs since session 3; the verdict uses it where "
         "present). The 15-minute budget is wall-clock: a run stops at the first "
-        "epoch end past 15 minutes of real time.",
+        "epoch end past 15 minutes of real time, less its slack (`--slack`, 15 s "
+        "since session 12; none before, so those runs ended at 15.1 minutes and "
+        "cannot meet the budget). Key strength (`key_strength=true`): an "
+        "extension beyond the paper, each head's cosines multiplied by a learnt "
+        "`softplus` factor before the read softmax.",
         "",
         produced_by(payload),
         "",
@@ -385,7 +397,7 @@ def main() -> None:
     p.add_argument(
         "--slack",
         type=float,
-        default=15.0,
+        default=SLACK_SECONDS,
         metavar="SECONDS",
         help="train: stop training this long before --minutes are up, so that "
         "the last epoch, a held-out check and the last checkpoint end within "

@@ -275,7 +275,7 @@ if AVAILABLE:
         w_in, w_rec : the controller's weights (torch layout)
         *read_args
             ``w_head, b_head, memory, read_w_prev, least_used, w_out, b_out,
-            add_content, read_after_write``: the arguments of
+            add_content, read_after_write, key_strength``: the arguments of
             :func:`_read_and_output` after ``h``, ``reads`` and ``usage_prev``.
 
         Returns
@@ -349,8 +349,12 @@ if AVAILABLE:
         b_out,
         add_content,
         read_after_write,
+        key_strength,
     ):
         """Heads, LRUA write (eq. 7), content read (into ``reads``) and logits.
+
+        ``key_strength``: the last ``R`` head outputs are the heads' key
+        strengths ``beta = softplus(.)``, which multiply the cosines.
 
         Returns
         -------
@@ -401,11 +405,20 @@ if AVAILABLE:
             norm_i = np.sqrt(_dot(src, src))
             for r in range(R):
                 read_w[r, i] = _dot(keys[r], src) / (key_norm[r] * norm_i + eps)
-        # Cosines lie in [-1, 1]: no max to subtract before exp.
         for r in range(R):
             cos = read_w[r]
-            for i in range(N):
-                cos[i] = _exp_unit(cos[i])
+            if key_strength:  # beta * cosine: subtract the max before exp
+                v = head[head.shape[0] - R + r]
+                beta = max(v, 0.0) + np.log1p(np.exp(-abs(v)))  # softplus
+                top = cos[0] * beta
+                for i in range(N):
+                    cos[i] *= beta
+                    top = max(top, cos[i])
+                for i in range(N):
+                    cos[i] = np.exp(cos[i] - top)
+            else:  # cosines lie in [-1, 1]: no max to subtract before exp
+                for i in range(N):
+                    cos[i] = _exp_unit(cos[i])
         reads[:] = 0.0
         for r in range(R):
             weights = read_w[r]
@@ -528,7 +541,7 @@ if AVAILABLE:
 
     @njit(**_JIT)
     def batch_read_weights(  # pragma: no cover - compiled
-        A, P, KC, CC, keys, gate, read_w_prev, least_used, shared_norm2
+        A, P, KC, CC, keys, gate, read_w_prev, least_used, shared_norm2, strength
     ):
         """Content read weights of ``n`` rows written into one shared memory.
 
@@ -549,6 +562,8 @@ if AVAILABLE:
         gate : (n, R) write gates (after the sigmoid)
         read_w_prev, least_used : (R, N), (N,) of the shared state
         shared_norm2 : (N,) ``|M'_i|^2``
+        strength : (n, R) key strengths ``beta`` that multiply the cosines, or
+            (0, R): none (the paper's read)
 
         Returns
         -------
@@ -587,10 +602,21 @@ if AVAILABLE:
                         dots[i] += c * ww[r2, i]
                 out = read_w[b, r]
                 total = dt(0.0)
-                for i in range(N):
-                    e = _exp_unit(dots[i] / (key_norm * norm[i] + eps))
-                    out[i] = e
-                    total += e
+                if strength.shape[0] > 0:  # beta * cosine: subtract the max
+                    beta = strength[b, r]
+                    top = beta * dots[0] / (key_norm * norm[0] + eps)
+                    for i in range(N):
+                        out[i] = beta * dots[i] / (key_norm * norm[i] + eps)
+                        top = max(top, out[i])
+                    for i in range(N):
+                        e = np.exp(out[i] - top)
+                        out[i] = e
+                        total += e
+                else:  # cosines lie in [-1, 1]: exp without a max
+                    for i in range(N):
+                        e = _exp_unit(dots[i] / (key_norm * norm[i] + eps))
+                        out[i] = e
+                        total += e
                 inv = dt(1.0) / total
                 for i in range(N):
                     out[i] *= inv

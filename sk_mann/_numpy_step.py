@@ -125,9 +125,9 @@ class NumpyMANN:
         self._add_content = module.write_content == "add"
         self._read_after_write = bool(module.read_after_write)
         #: Key strengths (``MANN(key_strength=True)``): the last ``n_reads``
-        #: head outputs. The compiled kernels do not take them: such a
-        #: network streams and predicts through the NumPy code.
+        #: head outputs; the compiled kernels take them too.
         self._strength = bool(getattr(module, "key_strength", False))
+        #: Use the compiled kernels of :mod:`sk_mann._jit_step`.
         self.jit = _jit_step.AVAILABLE
         #: Threads of the compiled kernels (their two large products).
         self.n_threads = 1
@@ -144,16 +144,6 @@ class NumpyMANN:
         self._reverse = False
         #: ``(h, [h; reads])`` of the last committed state (see ``_rec_of``).
         self._last_rec: tuple = (None, None)
-
-    @property
-    def jit(self) -> bool:
-        """Use the compiled kernels of :mod:`sk_mann._jit_step` (never with key
-        strengths, which they do not take: setting True then keeps False)."""
-        return self._jit
-
-    @jit.setter
-    def jit(self, value: bool) -> None:
-        self._jit = bool(value) and not self._strength
 
     def weights_version(self) -> tuple:
         """Torch's version counters of the weights: they change on in-place updates."""
@@ -231,9 +221,12 @@ class NumpyMANN:
         if fused:
             add = m.write_content == "add"
             keys, gate, content = _jit_step.batch_heads(head, self.b_head, R, W, add)
+            strength = None
+            if self._strength:
+                strength = _softplus(head[:, -R:] + self.b_head[-R:])
             # numba boxes the same array twice as two objects: keep one, so
             # that the read sees "content is keys" and skips its products.
-            return keys, gate, content if add else keys, None
+            return keys, gate, content if add else keys, strength
         head += self.b_head
         keys = np.tanh(head[:, : R * W]).reshape(n, R, W)
         gate = _sigmoid(head[:, R * W : R * W + R])
@@ -351,7 +344,7 @@ class NumpyMANN:
         mem = state.memory
         lu = mem.least_used[0]
         if self.jit and m.read_after_write:
-            return self._predict_logits_jit(h, keys, gate, content, mem)
+            return self._predict_logits_jit(h, keys, gate, content, strength, mem)
         write_w = gate[:, :, None] * (mem.read_weights[0] - lu)
         write_w += lu  # (n, R, N)
         key_norm = np.sqrt(np.einsum("nrw,nrw->nr", keys, keys))  # (n, R)
@@ -410,7 +403,7 @@ class NumpyMANN:
         P = (content.reshape(n * R, W) @ shared.T).reshape(n, R, -1)
         return shared, A, P, KC, np.matmul(content, content.transpose(0, 2, 1))
 
-    def _predict_logits_jit(self, h, keys, gate, content, mem) -> np.ndarray:
+    def _predict_logits_jit(self, h, keys, gate, content, strength, mem) -> np.ndarray:
         """:meth:`predict_logits` (read after write) with the compiled read.
 
         The products with the shared memory stay matrix products (BLAS); the
@@ -429,6 +422,7 @@ class NumpyMANN:
             mem.read_weights[0],
             mem.least_used[0],
             np.einsum("ij,ij->i", shared, shared),
+            np.empty((0, R), keys.dtype) if strength is None else strength,
         )
         reads = (read_w.reshape(n * R, -1) @ shared).reshape(n, R, W)
         reads += np.matmul(SW, content)  # the rows' own writes
@@ -529,6 +523,7 @@ class NumpyMANN:
                 self.b_out,
                 self._add_content,
                 self._read_after_write,
+                self._strength,
             )
             H = self._H
             step = PendingStep(

@@ -32,6 +32,16 @@ requires_omniglot = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _limit_threads_first():
+    """One torch thread before any fixture runs: a module-scoped fixture (e.g. a
+    fitted model) set up before the per-test limit would otherwise train on
+    all threads, and differ in the last bits from the same fit in a test when
+    a selection (``-k``) makes it the first to run."""
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _limit_threads():
     """Tests run on 2 shared cores: one torch thread each."""

@@ -96,6 +96,31 @@ def test_time_to_accuracy_names_reseeded_runs(tta, tmp_path):
     assert text.count("--seed 1") == 1 and text.count("--no-jitter") == 1
 
 
+def test_time_to_accuracy_commands_give_the_slack_of_each_run(tta, tmp_path):
+    """Runs before --slack had none: their commands say --slack 0 to repeat
+    them; a run with the default slack needs no flag."""
+    slack = _run(0.8, 14.0, 14.8)
+    slack["config"]["slack_seconds"] = 15.0
+    tta.write_markdown(_report({"old": _run(0.8, 14.0, 15.1), "new": slack}))
+    text = (tmp_path / "time_to_accuracy.md").read_text()
+    commands = [line for line in text.splitlines() if line.startswith("- `python")]
+    assert len(commands) == 2
+    assert "--slack 0 " in commands[0] and "--slack" not in commands[1]
+
+
+def test_time_to_accuracy_report_skips_runs_without_history(tta, tmp_path, monkeypatch):
+    """A run still compiling its first epoch (config, no history) is not scored."""
+    runs = tmp_path / "runs"
+    (runs / "tta_compiling").mkdir(parents=True)
+    (runs / "tta_compiling" / "config.json").write_text("{}")
+    monkeypatch.setattr(tta, "RUNS", runs)
+    monkeypatch.setattr(tta, "samplers", lambda *a, **k: (None, None))
+    monkeypatch.setattr(tta, "write_json", lambda *a, **k: None)
+    monkeypatch.setattr(tta, "write_markdown", lambda payload: None)
+    monkeypatch.setattr(tta, "plot", lambda payload: None)
+    tta.report(type("Args", (), {"data_home": None, "episodes": 10})())
+
+
 def test_time_to_accuracy_run_names_keep_earlier_runs(tta):
     """Seed 0 keeps the checkpoint names of the runs trained before --seed."""
     import argparse

@@ -375,15 +375,16 @@ def test_compiled_float32_stream_equals_numpy(content, n_threads):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
 
 
+@pytest.mark.parametrize("jit,n_threads", ENGINES)
 @pytest.mark.parametrize("controller,feedback,content,raw", STRENGTH_OPTIONS)
-def test_key_strength_paths_equal_torch(controller, feedback, content, raw):
-    """With key strengths: the NumPy batch step, the single-row step and the
-    factored predict all give the torch step's logits and state (the compiled
-    kernels are not used: they take no strengths)."""
+def test_key_strength_paths_equal_torch(
+    controller, feedback, content, raw, jit, n_threads
+):
+    """With key strengths: the NumPy batch step, the single-row step (NumPy or
+    compiled) and the factored predict all give the torch step's logits and
+    state."""
     module = _small(controller, feedback, content, raw, key_strength=True)
-    fast = NumpyMANN(module)
-    fast.jit = True  # refused: the kernels would ignore the strengths
-    assert not fast.jit
+    fast = _engine(module, jit, n_threads)
     state_t = module.initial_state(1)
     ref = one = NumpyMANN.state_to_numpy(module.initial_state(1))
     betas = []
