@@ -282,7 +282,9 @@ def write_markdown(payload: dict) -> None:
         minutes = r["train_minutes"] if wall is None else wall
         met = acc[1] >= TARGET_SECOND and minutes <= TARGET_MINUTES
         jitter = "" if c.get("jitter", True) else "no jitter"
-        parts = [c["model"], _network_pairs(c), jitter, _workers(c), _seed(c)]
+        budget = c.get("max_minutes", TARGET_MINUTES)
+        budget = "" if budget == TARGET_MINUTES else f"{budget:g}-min budget"
+        parts = [c["model"], _network_pairs(c), jitter, _workers(c), _seed(c), budget]
         label = ", ".join(filter(None, parts))
         lines.append(
             f"| {label} "

@@ -88,12 +88,15 @@ def test_time_to_accuracy_names_reseeded_runs(tta, tmp_path):
     run["config"]["seed"] = 1
     plain = _run(0.8, 14.0, 15.0)
     plain["config"]["jitter"] = False
-    tta.write_markdown(_report({"s": run, "zero": plain}))
+    short = _run(0.8, 10.0, 10.1)
+    short["config"].update(seed=1, max_minutes=10.0)
+    tta.write_markdown(_report({"s": run, "zero": plain, "short": short}))
     text = (tmp_path / "time_to_accuracy.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| mann_add")]
     assert rows[0].startswith("| mann_add, seed 1 |")
     assert rows[1].startswith("| mann_add, no jitter |")
-    assert text.count("--seed 1") == 1 and text.count("--no-jitter") == 1
+    assert rows[2].startswith("| mann_add, seed 1, 10-min budget |")
+    assert text.count("--seed 1") == 2 and text.count("--no-jitter") == 1
 
 
 def test_time_to_accuracy_commands_give_the_slack_of_each_run(tta, tmp_path):
