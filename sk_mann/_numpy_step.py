@@ -56,6 +56,13 @@ def _softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, x).astype(x.dtype, copy=False)
 
 
+def _sharpen(sim: np.ndarray, strength: np.ndarray) -> None:
+    """In place: cosines times their head's key strength, less each row's max
+    (``beta * cosine`` is not bounded, so ``exp`` needs the max taken off)."""
+    sim *= strength[..., None]
+    sim -= sim.max(axis=-1, keepdims=True)
+
+
 def _committed(pending: PendingStep, usage, least_used) -> MANNState:
     """The batch-1 state a committed one-row step leaves."""
     return MANNState(
@@ -126,7 +133,7 @@ class NumpyMANN:
         self._read_after_write = bool(module.read_after_write)
         #: Key strengths (``MANN(key_strength=True)``): the last ``n_reads``
         #: head outputs; the compiled kernels take them too.
-        self._strength = bool(getattr(module, "key_strength", False))
+        self._strength = module.key_strength
         #: Use the compiled kernels of :mod:`sk_mann._jit_step`.
         self.jit = _jit_step.AVAILABLE
         #: Threads of the compiled kernels (their two large products).
@@ -366,9 +373,8 @@ class NumpyMANN:
         norms += _EPS
         sim = dots
         sim /= norms
-        if strength is not None:  # beta * cosine: subtract the max
-            sim *= strength[:, :, None]
-            sim -= sim.max(axis=-1, keepdims=True)
+        if strength is not None:
+            _sharpen(sim, strength)
         np.exp(sim, out=sim)  # else cosines lie in [-1, 1]: no max to subtract
         sim /= sim.sum(axis=-1, keepdims=True)
         read_w = sim
@@ -569,9 +575,8 @@ class NumpyMANN:
         )
         norms += _EPS
         sim /= norms
-        if self._strength:  # beta * cosine: subtract the max
-            sim *= _softplus(head[-R:])[:, None]
-            sim -= sim.max(axis=1, keepdims=True)
+        if self._strength:
+            _sharpen(sim, _softplus(head[-R:]))
         np.exp(sim, out=sim)  # else cosines lie in [-1, 1]: no max to subtract
         sim /= sim.sum(axis=1, keepdims=True)
         reads = (sim @ source).ravel()

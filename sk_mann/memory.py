@@ -370,10 +370,7 @@ def lrua_step_fused(
     else:
         dots = torch.bmm(keys, source.transpose(1, 2))
     norms = keys.norm(dim=-1, keepdim=True) * source.norm(dim=-1).unsqueeze(1)
-    similarity = dots / (norms + _EPS)
-    if strength is not None:
-        similarity = similarity * strength.unsqueeze(-1)
-    read_w = torch.softmax(similarity, dim=-1)
+    read_w = read_weights(dots / (norms + _EPS), strength)
     if fusing:
         reads = (read_w.unsqueeze(-1) * source.unsqueeze(1)).sum(dim=2)
     else:
