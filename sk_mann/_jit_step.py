@@ -15,8 +15,9 @@ For batch prediction (``NumpyMANN.predict_logits``), ``batch_read_weights``
 and ``batch_lstm`` replace the elementwise NumPy passes between the matrix
 products, which stay BLAS. Where a loop would call ``exp`` or ``tanh`` (scalar
 libm calls, which keep it from vectorising) float32 code uses
-:func:`_tanh_rational` and, for cosines, :func:`_exp_unit`: approximations
-made of multiplications and additions, tested against NumPy.
+:func:`_tanh_rational` and, for cosines, :func:`_exp_unit` (scaled by key
+strengths: :func:`_exp_shifted`): approximations made of multiplications and
+additions, tested against NumPy.
 
 numba is optional (``pip install sk_mann[fast]``). Without it, or with
 ``SK_MANN_JIT=0`` in the environment, :data:`AVAILABLE` is False and streaming
@@ -56,6 +57,9 @@ except ImportError:  # pragma: no cover - exercised where numba is absent
 _EPS = 1e-8  # same guard as sk_mann.memory._EPS
 #: 1 / k! (the Taylor coefficients of exp).
 _C = tuple(1.0 / math.factorial(k) for k in range(12))
+#: The most halvings :func:`_exp_shifted` takes before it calls libm's ``exp``
+#: (spans up to 32: key strengths up to 16 when cosines span [-1, 1]).
+_MAX_HALVINGS = 4
 #: tanh(x) ~ x P(x^2) / Q(x^2) on [-_TANH_CLAMP, _TANH_CLAMP], +-1 beyond (in
 #: float32): the rational approximation Eigen uses for float32 (P: x^1..x^13,
 #: Q: x^0..x^6).
@@ -410,12 +414,12 @@ if AVAILABLE:
             if key_strength:  # beta * cosine: subtract the max before exp
                 v = head[head.shape[0] - R + r]
                 beta = max(v, 0.0) + np.log1p(np.exp(-abs(v)))  # softplus
-                top = cos[0] * beta
+                top = low = cos[0] * beta
                 for i in range(N):
                     cos[i] *= beta
                     top = max(top, cos[i])
-                for i in range(N):
-                    cos[i] = np.exp(cos[i] - top)
+                    low = min(low, cos[i])
+                _exp_shifted(cos, top, top - low)
             else:  # cosines lie in [-1, 1]: no max to subtract before exp
                 for i in range(N):
                     cos[i] = _exp_unit(cos[i])
@@ -539,6 +543,48 @@ if AVAILABLE:
         p = p * p
         return p * p
 
+    @njit(**_JIT, inline="always")
+    def _exp_shifted(v, top, span):  # pragma: no cover - compiled
+        """``v[i] = exp(v[i] - top)`` in place; returns their sum.
+
+        For a softmax: ``top`` the max of ``v``, ``span`` at least
+        ``top - min(v)``. As ``_exp_unit((v - top) / 2**m) ** (2**m)``, ``m``
+        the fewest halvings that bring ``span`` within 2: multiplications and
+        additions only, so the loops vectorise, as libm's scalar ``exp`` does
+        not. Each squaring doubles the relative error (float32: about
+        4e-7 x 2**m, tested), so a span over ``2 ** (_MAX_HALVINGS + 1)``
+        takes libm's ``exp``.
+        """
+        dt = v.dtype.type
+        total = dt(0.0)
+        m = 0
+        while span > 2.0 and m < _MAX_HALVINGS:
+            span *= 0.5
+            m += 1
+        if span > 2.0:
+            for i in range(v.shape[0]):
+                e = np.exp(v[i] - top)
+                v[i] = e
+                total += e
+            return total
+        scale = dt(0.5**m)  # a power of two: the product is exact
+        if m == 0:
+            for i in range(v.shape[0]):
+                e = _exp_unit((v[i] - top) * scale)
+                v[i] = e
+                total += e
+            return total
+        for i in range(v.shape[0]):
+            v[i] = _exp_unit((v[i] - top) * scale)
+        for _ in range(m - 1):
+            for i in range(v.shape[0]):
+                v[i] *= v[i]
+        for i in range(v.shape[0]):
+            e = v[i] * v[i]
+            v[i] = e
+            total += e
+        return total
+
     @njit(**_JIT)
     def batch_read_weights(  # pragma: no cover - compiled
         A, P, KC, CC, keys, gate, read_w_prev, least_used, shared_norm2, strength
@@ -604,14 +650,12 @@ if AVAILABLE:
                 total = dt(0.0)
                 if strength.shape[0] > 0:  # beta * cosine: subtract the max
                     beta = strength[b, r]
-                    top = beta * dots[0] / (key_norm * norm[0] + eps)
+                    top = low = beta * dots[0] / (key_norm * norm[0] + eps)
                     for i in range(N):
                         out[i] = beta * dots[i] / (key_norm * norm[i] + eps)
                         top = max(top, out[i])
-                    for i in range(N):
-                        e = np.exp(out[i] - top)
-                        out[i] = e
-                        total += e
+                        low = min(low, out[i])
+                    total = _exp_shifted(out, top, top - low)
                 else:  # cosines lie in [-1, 1]: exp without a max
                     for i in range(N):
                         e = _exp_unit(dots[i] / (key_norm * norm[i] + eps))

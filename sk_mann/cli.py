@@ -147,6 +147,9 @@ examples:
       --max-minutes 60            # re-run later to continue
   sk-mann train --data-home ~/data --out small.pt --episodes 20000 \\
       --controller-size 100 --n-slots 64
+  sk-mann train --data-home ~/data --out fast.pt --episodes 200000 \\
+      --write-content add --key-strength --lr-schedule cosine --compile
+      # the recipe of the time-to-accuracy benchmark's best runs
 
 The paper trained on 100,000 episodes (batches of 16); on CPU expect hours.
 """
@@ -283,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr", type=_positive_float, default=1e-3, metavar="X", help="learning rate"
     )
     g.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="cosine: from --lr down to 5%% of it over --episodes",
+    )
+    g.add_argument(
         "--optimizer",
         choices=["adam", "rmsprop"],
         default="adam",
@@ -374,6 +383,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--n-reads", type=_positive_int, default=4, metavar="N", help="read heads"
+    )
+    g.add_argument(
+        "--write-content",
+        choices=["key", "add"],
+        default="key",
+        help="what a head writes: its key (the paper) or a separate add vector "
+        "(learns one-shot recall in fewer episodes)",
+    )
+    g.add_argument(
+        "--key-strength",
+        action="store_true",
+        help="each head also emits a key strength that sharpens its read (as "
+        "the Neural Turing Machine's; not in the paper)",
     )
     p.set_defaults(func=_cmd_train)
 
@@ -716,10 +738,13 @@ _RESUME_KEYS = (
     "batch_size",
     "batches_per_epoch",
     "lr",
+    "lr_schedule",
     "optimizer",
     "seed",
     "kwargs",
 )
+#: Settings that records of older versions lack, as those versions had them.
+_RESUME_DEFAULTS = {"lr_schedule": "constant", "key_strength": False}
 
 
 def _manifest_path(out: Path) -> Path:
@@ -745,8 +770,10 @@ def _check_resume(ckpt: Path, options: dict) -> None:
         if old is not None:
 
             def flat(opts: dict) -> dict:
-                out = {k: opts.get(k) for k in _RESUME_KEYS if k != "kwargs"}
+                out = dict(_RESUME_DEFAULTS)
+                out.update({k: opts[k] for k in _RESUME_KEYS if k in opts})
                 out.update(opts.get("kwargs") or {})
+                out.pop("kwargs", None)
                 return out
 
             before, now = flat(old), flat(options)
@@ -813,6 +840,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         n_slots=args.n_slots,
         slot_size=args.slot_size,
         n_reads=args.n_reads,
+        write_content=args.write_content,
+        key_strength=args.key_strength,
     )
     if args.n_reads > args.n_slots:
         raise UserError(
@@ -854,6 +883,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "batches_per_epoch": args.batches_per_epoch,
         "lr": args.lr,
+        "lr_schedule": args.lr_schedule,
         "optimizer": args.optimizer,
         "seed": args.seed,
         "kwargs": kwargs,
@@ -883,6 +913,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             batches_per_epoch=args.batches_per_epoch,
             optimizer=args.optimizer,
             lr=args.lr,
+            lr_schedule=args.lr_schedule,
             eval_sampler=test_s,
             eval_episodes=args.eval_episodes,
             eval_every=args.eval_every,
@@ -931,6 +962,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "batches_per_epoch": args.batches_per_epoch,
             "optimizer": args.optimizer,
             "lr": args.lr,
+            "lr_schedule": args.lr_schedule,
             "clip_value": 10.0,
             "seed": args.seed,
             "n_per_class": args.n_per_class,

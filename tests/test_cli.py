@@ -10,7 +10,7 @@ import torch
 from conftest import omniglot_home, requires_omniglot
 from sklearn.datasets import load_digits
 
-from sk_mann import cli
+from sk_mann import MANNOneShotClassifier, cli
 from sk_mann._demo import digits_as_omniglot
 from sk_mann.model import build_network
 from sk_mann.pretrained import save_weights
@@ -319,6 +319,58 @@ def test_train_compile_flag_reaches_meta_train(tmp_path, monkeypatch):
     assert cli.main(argv) == 0
     assert cli.main([*argv, "--compile"]) == 0
     assert seen == [False, True]
+
+
+@requires_omniglot
+def test_train_recipe_flags_reach_the_network_and_the_schedule(tmp_path, monkeypatch):
+    """--write-content, --key-strength and --lr-schedule: the time trials' recipe."""
+    from sk_mann.pretrained import load_weights
+
+    seen = _spy_meta_train(monkeypatch, "lr_schedule")
+    argv = _tiny_train_argv(tmp_path)
+    assert cli.main(argv) == 0
+    config, _ = load_weights(tmp_path / "m.pt")
+    assert config["kwargs"]["write_content"] == "key"
+    assert config["kwargs"]["key_strength"] is False
+    recipe = ["--write-content", "add", "--key-strength", "--lr-schedule", "cosine"]
+    assert cli.main([*argv, *recipe]) == 0
+    assert seen == ["constant", "cosine"]
+    config, state = load_weights(tmp_path / "m.pt")
+    assert config["kwargs"]["write_content"] == "add"
+    assert config["kwargs"]["key_strength"] is True
+    manifest = json.loads((tmp_path / "m.json").read_text())
+    assert manifest["training"]["lr_schedule"] == "cosine"
+    # The file loads as a key-strength network into the estimator.
+    X = np.random.default_rng(0).random((10, 400))
+    arch = {k: TINY[k] for k in ("controller_size", "n_slots", "slot_size", "n_reads")}
+    clf = MANNOneShotClassifier(
+        pretrained=str(tmp_path / "m.pt"),
+        write_content="add",
+        key_strength=True,
+        **arch,
+    )
+    clf.fit(X, np.arange(10) % 5)
+    assert clf.module_.key_strength is True
+    assert clf.predict(X).shape == (10,)
+
+
+@requires_omniglot
+def test_train_resumes_a_checkpoint_recorded_before_the_recipe_flags(tmp_path, capsys):
+    """Records written before --lr-schedule / --key-strength existed lack them."""
+    argv = [*_tiny_train_argv(tmp_path), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    assert cli.main(argv) == 0
+    record = tmp_path / "ckpt" / "sk_mann_train.json"
+    old = json.loads(record.read_text())
+    del old["lr_schedule"], old["kwargs"]["key_strength"]
+    record.write_text(json.dumps(old))
+    more = [*argv, "--episodes", "4"]  # the last --episodes counts
+    assert cli.main(more) == 0
+    assert "Resuming" in capsys.readouterr().out
+    # ... but not with another schedule or network.
+    assert cli.main([*more, "--lr-schedule", "cosine"]) == 2
+    assert "lr_schedule: checkpoint='constant', now='cosine'" in _error_line(capsys)
+    assert cli.main([*more, "--key-strength"]) == 2
+    assert "key_strength: checkpoint=False, now=True" in _error_line(capsys)
 
 
 @requires_omniglot

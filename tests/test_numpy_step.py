@@ -323,6 +323,37 @@ def test_exp_of_a_cosine(dtype, rtol):
 
 
 @pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 4.5e-7), (np.float64, 1.2e-11)])
+@pytest.mark.parametrize(
+    "span,halvings",
+    [(0.7, 0), (2.0, 0), (3.5, 1), (8.0, 2), (9.0, 3), (32.0, 4), (40.0, None)],
+)
+def test_exp_of_scaled_cosines(dtype, rtol, span, halvings):
+    """The compiled reads' exp for key strengths: exp(v - max) over a span.
+
+    Its error doubles with each halving of the span (``halvings``); past
+    ``_MAX_HALVINGS`` the kernels' ``np.exp`` takes over.
+    """
+    top = 1.5
+    v = top - np.random.default_rng(0).uniform(0.0, span, 1000)
+    v[:2] = top, top - span
+    v = v.astype(dtype)
+    expected = np.exp(v.astype(np.float64) - top)
+    got = v.copy()
+    total = _jit_step._exp_shifted(got, dtype(top), span)
+    assert got.dtype == dtype and got[0] == 1.0  # the max maps to exactly 1
+    if halvings is None:
+        assert span > 2.0 ** (_jit_step._MAX_HALVINGS + 1)
+        # float32: the rounding of v - top (to 2e-6 near -32) dominates
+        tol = 4e-6 if dtype == np.float32 else 1e-15
+    else:
+        assert 2.0 ** (halvings - 1) < span / 2.0 <= 2.0**halvings or halvings == 0
+        tol = rtol * 2.0**halvings
+    np.testing.assert_allclose(got, expected, rtol=tol)
+    np.testing.assert_allclose(total, expected.sum(), rtol=tol)
+
+
+@pytest.mark.skipif(not _jit_step.AVAILABLE, reason="numba not installed")
 def test_rational_tanh_in_float32():
     """The compiled batch LSTM's tanh, including its clamp (|x| > 7.9)."""
     x = np.concatenate([np.linspace(-12, 12, 24001), [-1e30, 1e-30, 0.0, 1e30]])
