@@ -70,6 +70,7 @@ def run_name(args: argparse.Namespace) -> str:
     for key, value in sorted(args.network.items()):
         name += f"_{key}{value}"
     name += "_compiled" if args.compile else ""
+    name += "_cppw" if getattr(args, "cpp_wrapper", False) else ""
     name += "_nojitter" if not args.jitter else ""
     name += f"_w{args.workers}" if args.workers > 1 else ""
     return name + (f"_seed{args.seed}" if args.seed else "")
@@ -111,6 +112,7 @@ def train(args: argparse.Namespace) -> None:
         "slack_seconds": args.slack,
         "threads": args.threads,
         "compile": args.compile,
+        "cpp_wrapper": args.cpp_wrapper,
         "workers": args.workers,
         "seed": args.seed,
         "jitter": args.jitter,
@@ -136,6 +138,7 @@ def train(args: argparse.Namespace) -> None:
         max_time=args.minutes * 60 - args.slack,
         progress_bar=False,
         compile=args.compile,
+        compile_options={"cpp_wrapper": True} if args.cpp_wrapper else None,
         workers=args.workers,
         **settings,
     )
@@ -255,6 +258,13 @@ def _workers(config: dict) -> str:
     return f"{n} workers" if n > 1 else ""
 
 
+def _compiled(config: dict) -> str:
+    """The "compiled" column: no, yes, or yes with inductor's C++ wrapper."""
+    if not config.get("compile"):
+        return "no"
+    return "yes, C++ wrapper" if config.get("cpp_wrapper") else "yes"
+
+
 def _seed(config: dict) -> str:
     """ "seed 1" for a run not seeded with 0 (the default of every run before)."""
     seed = config.get("seed", 0)
@@ -290,7 +300,7 @@ def write_markdown(payload: dict) -> None:
             f"| {label} "
             f"| {c['batch_size']} | {_steps(c)} "
             f"| {c['lr']:g} ({c['schedule']}) "
-            f"| {'yes' if c.get('compile') else 'no'} "
+            f"| {_compiled(c)} "
             f"| {r['episodes_trained']:,} | {r['train_minutes']:.1f} "
             f"| {'' if wall is None else f'{wall:.1f}'} "
             f"| {r['episodes_per_second']:.0f} "
@@ -325,6 +335,7 @@ def write_markdown(payload: dict) -> None:
             + (f" --workers {c['workers']}" if c.get("workers", 1) > 1 else "")
             + (f" --seed {c['seed']}" if c.get("seed", 0) else "")
             + _slack_flag(c)
+            + (" --cpp-wrapper" if c.get("cpp_wrapper") else "")
             + (" --compile`" if c.get("compile") else "`")
         )
     notes = [
@@ -453,8 +464,16 @@ def main() -> None:
         action="store_true",
         help="train: torch.compile the training forward (compile time counts)",
     )
+    p.add_argument(
+        "--cpp-wrapper",
+        action="store_true",
+        help="train, with --compile: inductor's C++ wrapper "
+        "(meta_train(compile_options={'cpp_wrapper': True}))",
+    )
     p.add_argument("--data-home", default=default_data_home())
     args = p.parse_args()
+    if args.cpp_wrapper and not args.compile:
+        p.error("--cpp-wrapper needs --compile")
     args.network = _parse_network(args.network)
     torch.set_num_threads(args.threads)
     if args.episodes is None:

@@ -328,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
         "one-off compilation of a few minutes (needs a C++ compiler)",
     )
     g.add_argument(
+        "--cpp-wrapper",
+        action="store_true",
+        help="with --compile: the compiled step calls its kernels from generated "
+        "C++, not Python (inductor's cpp_wrapper): ~8%% more episodes/s, for a "
+        "first compilation 2.5-3x as long",
+    )
+    g.add_argument(
         "--workers",
         type=_positive_int,
         default=1,
@@ -812,6 +819,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _out(f"Note: weights files are usually named *.pt; writing {out} anyway.")
     if args.labels == "onehot" and args.n_way < 2:
         raise UserError("--n-way must be at least 2.")
+    if args.cpp_wrapper and not args.compile:
+        raise UserError(
+            "--cpp-wrapper is a setting of --compile: add --compile, or drop "
+            "--cpp-wrapper."
+        )
     if args.batch_size % args.workers:
         raise UserError(
             f"--batch-size {args.batch_size} is not a multiple of --workers "
@@ -922,6 +934,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             max_time=None if args.max_minutes is None else 60.0 * args.max_minutes,
             progress_bar=not args.no_progress,
             compile=args.compile,
+            compile_options={"cpp_wrapper": True} if args.cpp_wrapper else None,
             workers=args.workers,
         )
     except RuntimeError as exc:

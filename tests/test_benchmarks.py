@@ -148,6 +148,18 @@ def test_time_to_accuracy_run_names_keep_earlier_runs(tta):
     )
     args.jitter = False
     assert tta.run_name(args).endswith("_compiled_nojitter_w2_seed1")
+    args.cpp_wrapper = True
+    assert tta.run_name(args).endswith("_compiled_cppw_nojitter_w2_seed1")
+
+
+def test_time_to_accuracy_marks_runs_with_the_cpp_wrapper(tta, tmp_path):
+    run = _run(0.8, 14.0, 15.0)
+    run["config"]["cpp_wrapper"] = True
+    tta.write_markdown(_report({"c": run, "plain": _run(0.8, 14.0, 15.0)}))
+    text = (tmp_path / "time_to_accuracy.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| mann_add")]
+    assert "| yes, C++ wrapper |" in rows[0] and "| yes |" in rows[1]
+    assert text.count("--cpp-wrapper --compile`") == 1
 
 
 def test_time_to_accuracy_keeps_runs_scored_elsewhere(tta, tmp_path, monkeypatch):

@@ -322,6 +322,20 @@ def test_train_compile_flag_reaches_meta_train(tmp_path, monkeypatch):
 
 
 @requires_omniglot
+def test_train_cpp_wrapper_flag_reaches_meta_train(tmp_path, monkeypatch, capsys):
+    seen = _spy_meta_train(
+        monkeypatch, "compile_options", compile=False, compile_options=None
+    )
+    argv = _tiny_train_argv(tmp_path)
+    assert cli.main([*argv, "--compile"]) == 0
+    assert cli.main([*argv, "--compile", "--cpp-wrapper"]) == 0
+    assert seen == [None, {"cpp_wrapper": True}]
+    capsys.readouterr()
+    assert cli.main([*argv, "--cpp-wrapper"]) == 2  # not without --compile
+    assert "--cpp-wrapper is a setting of --compile" in _error_line(capsys)
+
+
+@requires_omniglot
 def test_train_recipe_flags_reach_the_network_and_the_schedule(tmp_path, monkeypatch):
     """--write-content, --key-strength and --lr-schedule: the time trials' recipe."""
     from sk_mann.pretrained import load_weights

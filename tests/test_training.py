@@ -400,8 +400,10 @@ def test_resume_with_a_lower_constant_lr_uses_it(tmp_path, prototypes_data):
 
 # torch.compile imports code that uses torch's own deprecated torch.jit API.
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
-def test_compiled_training_matches_eager(tiny_sampler, capsys, monkeypatch):
-    """compile=True trains the same network (up to rounding), then undoes itself."""
+@pytest.mark.parametrize("options", [None, {"cpp_wrapper": True}])
+def test_compiled_training_matches_eager(tiny_sampler, capsys, monkeypatch, options):
+    """compile=True trains the same network (up to rounding), then undoes itself;
+    also with inductor's C++ wrapper (``compile_options``)."""
     import sk_mann._graph_passes as passes
 
     # Kernels from inductor's disk cache would skip the graph pass: build anew.
@@ -420,7 +422,14 @@ def test_compiled_training_matches_eager(tiny_sampler, capsys, monkeypatch):
     graphs = counters["stats"]["unique_graphs"]
     capsys.readouterr()
     loud = {**TINY, "verbose": 1}
-    net = meta_train(compiled, tiny_sampler, n_episodes=2 * EPOCH, compile=True, **loud)
+    net = meta_train(
+        compiled,
+        tiny_sampler,
+        n_episodes=2 * EPOCH,
+        compile=True,
+        compile_options=options,
+        **loud,
+    )
     # Said once, before the first (compiling) batch.
     assert capsys.readouterr().out.count("Compiling the training step") == 1
     assert counters["stats"]["unique_graphs"] > graphs  # it really compiled
@@ -432,6 +441,61 @@ def test_compiled_training_matches_eager(tiny_sampler, capsys, monkeypatch):
     for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
         assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-4, atol=1e-5)
     assert all(np.isfinite(row["train_loss"]) for row in net.history)
+
+
+@pytest.mark.parametrize(
+    "compile, options, message",
+    [
+        (True, ["cpp_wrapper"], "give a dict of torch.compile options"),
+        (False, {"cpp_wrapper": True}, "needs compile=True"),
+        (True, {"cpp_wraper": True}, "has no option 'cpp_wraper'"),
+    ],
+)
+def test_bad_compile_options_are_refused_before_training(
+    tiny_sampler, compile, options, message
+):
+    module = tiny_mann()
+    with pytest.raises(ValueError, match=message):
+        meta_train(
+            module,
+            tiny_sampler,
+            n_episodes=EPOCH,
+            compile=compile,
+            compile_options=options,
+            **TINY,
+        )
+    assert params_equal(module, tiny_mann()) and "forward" not in vars(module)
+
+
+def test_compile_options_reach_torch_compile_once_per_setting(
+    tiny_sampler, monkeypatch
+):
+    """Each distinct ``compile_options`` is one ``torch.compile`` (one backend),
+    reused by later calls with the same options; the graph pass is always on."""
+    import sk_mann.training as training
+
+    made = []
+
+    def spy_compile(fn, **kwargs):  # records the options, runs eagerly
+        made.append(kwargs["options"])
+        return fn
+
+    monkeypatch.setattr(training.torch, "compile", spy_compile)
+    monkeypatch.setattr(training, "_COMPILED", {})
+    for options in (None, {"cpp_wrapper": True}, {"cpp_wrapper": True}, {}):
+        meta_train(
+            tiny_mann(),
+            tiny_sampler,
+            n_episodes=EPOCH,
+            compile=True,
+            compile_options=options,
+            **TINY,
+        )
+    assert [sorted(m) for m in made] == [
+        ["post_grad_custom_post_pass"],
+        ["cpp_wrapper", "post_grad_custom_post_pass"],
+    ]
+    assert made[1]["cpp_wrapper"] is True
 
 
 def test_compile_failure_is_a_clear_error(tiny_sampler, monkeypatch):
