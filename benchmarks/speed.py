@@ -89,11 +89,11 @@ def flops_per_episode() -> float:
     return counter.get_total_flops() / 4
 
 
-def _training_setup(bs: int, compile: bool) -> tuple:
+def _training_setup(bs: int, compile: bool, options: dict | None = None) -> tuple:
     torch.manual_seed(0)
     module = MANN(N_FEATURES, N_WAY, N_WAY, **PAPER)
     if compile:
-        _compile_training_forward(module, bs)
+        _compile_training_forward(module, bs, options=options)
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     x = torch.rand(bs, T, N_FEATURES)
     lab = torch.zeros(bs, T, N_WAY)
@@ -146,6 +146,44 @@ def train_throughput(batch_sizes, iters: int, compile: bool = False) -> list[dic
                 else ""
             )
         )
+    return out
+
+
+def cpp_wrapper_training(bs: int, iters: int) -> dict:
+    """The compiled step with inductor's C++ wrapper against the default one.
+
+    ``meta_train(compile=True, compile_options={"cpp_wrapper": True})``: the
+    compiled graph calls its kernels from generated C++ instead of Python.
+    Three networks (C++ wrapper, Python wrapper, eager) are timed step for
+    step in turn, so the ratios are read under the same machine load; each
+    compiled one's warm-up is its compilation (or its kernels' load where an
+    earlier part of the run compiled them into the same cache).
+    """
+    settings = {
+        "cpp": (True, {"cpp_wrapper": True}),
+        "python": (True, None),
+        "eager": (False, None),
+    }
+    runs, warmup, times = {}, {}, {}
+    for name, (compile, options) in settings.items():
+        runs[name], warmup[name] = _training_setup(bs, compile, options)
+        times[name] = []
+    for _ in range(iters):
+        for name, run in runs.items():
+            times[name].append(_timed_iteration(run))
+    rate = {name: bs / float(np.median(t)) for name, t in times.items()}
+    out = {"batch_size": bs, "steps_timed": iters}
+    for name in settings:
+        out[f"{name}_episodes_per_s"] = rate[name]
+    out["cpp_warmup_seconds"] = warmup["cpp"]
+    out["python_warmup_seconds"] = warmup["python"]
+    out["ratio"] = rate["cpp"] / rate["python"]
+    print(
+        f"train batch {bs} compiled, C++ wrapper: {rate['cpp']:.0f} episodes/s "
+        f"(warm-up {warmup['cpp']:.0f} s), Python wrapper {rate['python']:.0f} "
+        f"(warm-up {warmup['python']:.0f} s), eager {rate['eager']:.0f}, "
+        f"alternated: {out['ratio']:.3f}x"
+    )
     return out
 
 
@@ -662,6 +700,38 @@ def _batch_rounds_text(res: dict) -> str:
     )
 
 
+def _cpp_wrapper_lines(cw: dict | None) -> list[str]:
+    """The C++-wrapper table of ``speed.md`` (none without a measurement)."""
+    if not cw:
+        return []
+    lines = [
+        "",
+        f"| batch {cw['batch_size']}, compiled, three networks alternated step "
+        "for step | episodes/s | warm-up (s) |",
+        "|---|---|---|",
+        f'| C++ wrapper (`compile_options={{"cpp_wrapper": True}}`) '
+        f"| {cw['cpp_episodes_per_s']:.0f} | {cw['cpp_warmup_seconds']:.0f} |",
+        f"| Python wrapper (`compile=True` alone) "
+        f"| {cw['python_episodes_per_s']:.0f} "
+        f"| {cw['python_warmup_seconds']:.0f} |",
+        f"| eager | {cw['eager_episodes_per_s']:.0f} | |",
+        "",
+        "Inductor's C++ wrapper: the compiled graph calls its kernels from "
+        f"generated C++ instead of Python: {cw['ratio']:.3f}x the default "
+        f"compiled step, medians of {cw['steps_timed']} steps each. A warm-up "
+        "of seconds is a load from the kernel cache (an earlier part of the "
+        "run compiled the same graph).",
+    ]
+    apart = cw.get("measured_apart")
+    if apart:
+        lines[-1] += (
+            " This table was measured apart from the rest of the run, by "
+            f"`{apart['command']}` on {apart['date']} (commit "
+            f"{apart['git_commit']}), in an empty kernel cache."
+        )
+    return lines
+
+
 def write_markdown(p: dict) -> None:
     wt = p["weight_traffic"]
     lines = [
@@ -695,6 +765,7 @@ def write_markdown(p: dict) -> None:
         "eager network in alternation with the compiled one, step for step, so "
         "the speed-up is read under the same machine load.",
     ]
+    lines += _cpp_wrapper_lines(p.get("cpp_wrapper_training"))
     par = p.get("parallel_training")
     if par:
         one = par["one_process_episodes_per_s"]
@@ -837,19 +908,24 @@ def plot(p: dict) -> None:
     plt.close(fig)
 
 
-def remeasure_parallel(args: argparse.Namespace) -> None:
-    """``--parallel-only``: the workers row again, into ``speed.json``."""
+def _merge_apart(key: str, row: dict) -> None:
+    """Put ``row``, measured apart from a full run, into ``speed.json``."""
     import json
 
     path = RESULTS / "speed.json"
     payload = json.loads(path.read_text())
-    row = parallel_training(16, args.workers)  # first epochs (compiling) left out
     meta = metadata()
     row["measured_apart"] = {k: meta[k] for k in ("command", "date", "git_commit")}
-    payload["parallel_training"] = row
+    payload[key] = row
     write_json("speed", payload)
     write_markdown(payload)
     plot(payload)
+
+
+def remeasure_parallel(args: argparse.Namespace) -> None:
+    """``--parallel-only``: the workers row again, into ``speed.json``."""
+    row = parallel_training(16, args.workers)  # first epochs (compiling) left out
+    _merge_apart("parallel_training", row)
 
 
 def main() -> None:
@@ -893,10 +969,23 @@ def main() -> None:
         help="re-measure only the workers row and put it into the existing "
         "results (it records its own command, date and commit)",
     )
+    ap.add_argument(
+        "--cpp-wrapper-only",
+        action="store_true",
+        help="measure only the C++-wrapper table (in an empty kernel cache) and "
+        "put it into the existing results (it records its own command, date and "
+        "commit)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.parallel_only:
         remeasure_parallel(args)
+        return
+    if args.cpp_wrapper_only:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(
+            prefix="sk_mann_inductor_"
+        )
+        _merge_apart("cpp_wrapper_training", cpp_wrapper_training(16, 5 * args.iters))
         return
     rounds = StreamingRounds(args.stream, args.stream_rounds)
     rounds.round()
@@ -912,6 +1001,8 @@ def main() -> None:
     for bs in args.compiled_batch_sizes:
         payload["training_compiled"] += train_throughput([bs], args.iters, compile=True)
         rounds.round()
+    payload["cpp_wrapper_training"] = cpp_wrapper_training(16, 5 * args.iters)
+    rounds.round()
     if args.workers > 1:
         payload["parallel_training"] = parallel_training(16, args.workers)
         rounds.round()

@@ -218,6 +218,32 @@ def test_speed_parallel_training_compares_both_settings(small_speed, monkeypatch
     )
 
 
+def test_speed_cpp_wrapper_table_alternates_three_networks(small_speed, monkeypatch):
+    """speed.py's C++-wrapper table: the options reach the compiled setups,
+    every network is timed, and the table says where it was measured."""
+    tiny = dict(controller_size=8, n_slots=6, slot_size=3, n_reads=2)
+    monkeypatch.setattr(small_speed, "PAPER", tiny)
+    compiled = []  # no compilation here: the spy leaves the network eager
+    monkeypatch.setattr(
+        small_speed,
+        "_compile_training_forward",
+        lambda module, bs, options=None: compiled.append(options),
+    )
+    out = small_speed.cpp_wrapper_training(4, 3)
+    assert compiled == [{"cpp_wrapper": True}, None]
+    assert out["steps_timed"] == 3
+    rates = [out[f"{k}_episodes_per_s"] for k in ("cpp", "python", "eager")]
+    assert all(r > 0 for r in rates)
+    assert out["ratio"] == pytest.approx(rates[0] / rates[1])
+    text = "\n".join(small_speed._cpp_wrapper_lines(out))
+    assert f"{out['ratio']:.3f}x the default" in text
+    assert "measured apart" not in text and small_speed._cpp_wrapper_lines(None) == []
+    out["measured_apart"] = {"command": "c", "date": "d", "git_commit": "abc"}
+    assert "measured apart from the rest of the run, by `c`" in "\n".join(
+        small_speed._cpp_wrapper_lines(out)
+    )
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_speed_workers_memory_counts_forked_ranks_only(small_speed):
     """The workers' memory: forked ranks (same command line), not other children."""
