@@ -722,14 +722,20 @@ def _cpp_wrapper_lines(cw: dict | None) -> list[str]:
         "of seconds is a load from the kernel cache (an earlier part of the "
         "run compiled the same graph).",
     ]
-    apart = cw.get("measured_apart")
-    if apart:
-        lines[-1] += (
-            " This table was measured apart from the rest of the run, by "
-            f"`{apart['command']}` on {apart['date']} (commit "
-            f"{apart['git_commit']}), in an empty kernel cache."
-        )
+    lines[-1] += _apart_text(cw, "table", " in an empty kernel cache")
     return lines
+
+
+def _apart_text(row: dict, what: str, extra: str = "") -> str:
+    """ " This row was measured apart ..." for a row of ``_merge_apart``."""
+    apart = row.get("measured_apart")
+    if not apart:
+        return ""
+    return (
+        f" This {what} was measured apart from the rest of the run, by "
+        f"`{apart['command']}` on {apart['date']} (commit "
+        f"{apart['git_commit']}){',' if extra else ''}{extra}."
+    )
 
 
 def write_markdown(p: dict) -> None:
@@ -787,13 +793,7 @@ def write_markdown(p: dict) -> None:
             "block's first epoch, with compilation or the kernel cache's load, "
             f"left out): {par['ratio']:.2f}x.",
         ]
-        apart = par.get("measured_apart")
-        if apart:
-            lines[-1] += (
-                " This row was measured apart from the rest of the run, by "
-                f"`{apart['command']}` on {apart['date']} (commit "
-                f"{apart['git_commit']})."
-            )
+        lines[-1] += _apart_text(par, "row")
     lines += [
         "",
         "| streaming, 400-feature dicts | predict_one + learn_one median (us) "
