@@ -179,11 +179,13 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
     lr : float, default=1e-3
     clip_value : float or None, default=10.0
         Clip gradient elements to ``[-clip_value, clip_value]``.
-    compile : bool, default=False
+    compile : bool or dict, default=False
         Meta-train through ``torch.compile`` (see
         :func:`sk_mann.training.meta_train`): 1.7-2.3x faster on a CPU after a
         one-off compilation of a few minutes, so worth it for long runs only.
-        Needs a C++ compiler. Streaming and prediction are unaffected.
+        Needs a C++ compiler. Streaming and prediction are unaffected. A dict
+        compiles with these ``torch.compile`` options (``meta_train``'s
+        ``compile_options``), e.g. ``{"cpp_wrapper": True}``.
     image_shape : tuple of int or None, default=None
         ``(height, width)`` of the images when rows of ``X`` are images; needed by
         ``rotate_classes`` and ``augment``.
@@ -294,7 +296,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         "optimizer": [StrOptions({"adam", "rmsprop"})],
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "clip_value": [Interval(numbers.Real, 0, None, closed="neither"), None],
-        "compile": ["boolean"],
+        "compile": ["boolean", dict],
         "image_shape": [tuple, None],
         "rotate_classes": ["boolean"],
         "augment": ["boolean"],
@@ -348,7 +350,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         optimizer: str = "adam",
         lr: float = 1e-3,
         clip_value: float | None = 10.0,
-        compile: bool = False,
+        compile: bool | dict = False,
         image_shape: tuple[int, int] | None = None,
         rotate_classes: bool = False,
         augment: bool = False,
@@ -936,7 +938,10 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                 device=str(self._torch_device()),
                 progress_bar=self.verbose > 0,
                 verbose=int(self.verbose),
-                compile=self.compile,
+                compile=isinstance(self.compile, dict) or bool(self.compile),
+                compile_options=self.compile
+                if isinstance(self.compile, dict)
+                else None,
             )
             self.module_.eval()
             self.history_ = [dict(h) for h in net.history]

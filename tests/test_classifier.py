@@ -127,21 +127,23 @@ def test_fit_after_partial_fit_forgets_the_stream(data, fitted):
 
 
 def test_compile_reaches_meta_train(data, monkeypatch):
-    """compile=True is passed to meta_train (compiling itself is tested there)."""
+    """compile=True (or a dict of torch.compile options) is passed to
+    meta_train (compiling itself is tested there)."""
     import sk_mann.training
 
     seen = []
     real = sk_mann.training.meta_train
 
     def spy(*args, **kwargs):
-        seen.append(kwargs["compile"])
-        return real(*args, **{**kwargs, "compile": False})
+        seen.append((kwargs["compile"], kwargs["compile_options"]))
+        return real(*args, **{**kwargs, "compile": False, "compile_options": None})
 
     monkeypatch.setattr(sk_mann.training, "meta_train", spy)
     X, y, _, _ = data
     make(n_episodes=4).fit(X, y)
     make(n_episodes=4, compile=True).fit(X, y)
-    assert seen == [False, True]
+    make(n_episodes=4, compile={"cpp_wrapper": True}).fit(X, y)
+    assert seen == [(False, None), (True, None), (True, {"cpp_wrapper": True})]
 
 
 @pytest.mark.parametrize(
