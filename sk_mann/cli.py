@@ -331,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpp-wrapper",
         action="store_true",
         help="with --compile: the compiled step calls its kernels from generated "
-        "C++, not Python (inductor's cpp_wrapper): ~8%% more episodes/s, for a "
-        "first compilation 2.5-3x as long",
+        "C++, not Python (inductor's cpp_wrapper): 5-8%% more episodes/s, for a "
+        "first compilation 2-2.5x as long",
     )
     g.add_argument(
         "--workers",

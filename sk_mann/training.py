@@ -358,9 +358,10 @@ def meta_train(
         With ``compile=True``, extra options of ``torch.compile`` (its
         ``options``: inductor settings). ``{"cpp_wrapper": True}`` makes the
         compiled step call its kernels from generated C++ instead of Python:
-        about 8% more episodes per second on the benchmarks' 2-core CPU, for
-        a first compilation 2.5-3 times as long (16 minutes there); once its
-        kernels are in torch's disk cache, later runs start in seconds.
+        5-8% more episodes per second at batch 16 on the benchmarks' 2-core
+        CPU, for a first compilation 2-2.5 times as long (13-16 minutes
+        there); once its kernels are in torch's disk cache, later runs start
+        in seconds.
     workers : int, default=1
         Processes that share each batch (data parallel, CPU only, on
         platforms that fork: Linux, macOS). The calling process forks
