@@ -908,6 +908,12 @@ def plot(p: dict) -> None:
     plt.close(fig)
 
 
+def _fresh_kernel_cache() -> None:
+    """An empty inductor cache for what follows: warm-ups then show a first
+    compilation, not kernels cached on disk by an earlier run (seconds)."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="sk_mann_inductor_")
+
+
 def _merge_apart(key: str, row: dict) -> None:
     """Put ``row``, measured apart from a full run, into ``speed.json``."""
     import json
@@ -982,9 +988,7 @@ def main() -> None:
         remeasure_parallel(args)
         return
     if args.cpp_wrapper_only:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(
-            prefix="sk_mann_inductor_"
-        )
+        _fresh_kernel_cache()
         _merge_apart("cpp_wrapper_training", cpp_wrapper_training(16, 5 * args.iters))
         return
     rounds = StreamingRounds(args.stream, args.stream_rounds)
@@ -994,9 +998,7 @@ def main() -> None:
     payload["flops_per_episode"] = flops_per_episode()
     payload["training"] = train_throughput(args.batch_sizes, args.iters)
     rounds.round()
-    # A fresh inductor cache: the warm-up then shows a first compilation, not
-    # kernels cached on disk by an earlier run (those take seconds instead).
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="sk_mann_inductor_")
+    _fresh_kernel_cache()
     payload["training_compiled"] = []
     for bs in args.compiled_batch_sizes:
         payload["training_compiled"] += train_throughput([bs], args.iters, compile=True)
