@@ -6,6 +6,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -78,7 +79,7 @@ def metadata() -> dict:
     except OSError:
         commit = ""
     return {
-        "command": " ".join(["python"] + sys.argv),
+        "command": shlex.join(["python"] + sys.argv),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": commit or None,
         "machine": {

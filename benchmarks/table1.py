@@ -5,12 +5,16 @@ Stages (each resumable; checkpoints in ``benchmarks/runs/``)::
     python benchmarks/table1.py train --model mann --max-minutes 50
     python benchmarks/table1.py train --model lstm --max-minutes 10
     python benchmarks/table1.py evaluate
+    python benchmarks/table1.py add --weights FILE.pt --label LABEL [--export NAME]
 
 ``evaluate`` runs the trained MANN and LSTM and the kNN baselines on the same
 held-out episodes (characters 1201-1623, never seen in meta-training) and
 writes ``benchmarks/results/table1.{json,md,png}`` plus the training curves
 (``table1_training.png``); ``--export`` also writes the MANN weights to
-``sk_mann/pretrained/``.
+``sk_mann/pretrained/``. ``add`` scores a weights file written by
+``sk-mann train`` on the same held-out episodes and adds its row to the
+existing results (the other rows are kept as they are); ``--export NAME``
+ships it as ``sk_mann/pretrained/NAME.pt``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from sk_mann.datasets import fetch_omniglot
 from sk_mann.episodes import EpisodeSampler
 from sk_mann.metrics import evaluate_network
 from sk_mann.model import PAPER_MANN_KWARGS, build_network
-from sk_mann.pretrained import save_weights
+from sk_mann.pretrained import load_weights, save_weights
 from sk_mann.training import meta_train
 
 N_WAY, N_PER_CLASS, IMAGE = 5, 10, 20
@@ -220,6 +224,11 @@ def evaluate(args: argparse.Namespace) -> None:
         timings[label] = time.perf_counter() - t0
         results[label] = res
         print(label, np.round(100 * np.array(res["accuracy"]), 1))
+    previous = RESULTS / "table1.json"
+    if previous.exists():  # rows added by `add` stay (same episodes, same seed)
+        for label, res in json.loads(previous.read_text())["results"].items():
+            if res.get("added_by") and label not in results:
+                results = _with_row(results, label, res)
     payload = {
         "benchmark": "table1",
         "protocol": {
@@ -247,6 +256,82 @@ def evaluate(args: argparse.Namespace) -> None:
     plot_training(histories)
     if args.export:
         export_weights(payload)
+
+
+def _sibling_manifest(weights: Path) -> dict:
+    """The manifest ``sk-mann train`` wrote beside ``weights`` (required)."""
+    path = weights.with_suffix(".json")
+    if not path.exists():
+        raise SystemExit(
+            f"{path} not found: `add` needs the manifest `sk-mann train` writes "
+            "beside its weights (it says how the model was trained)."
+        )
+    manifest = json.loads(path.read_text())
+    if not manifest.get("training", {}).get("complete", True):
+        raise SystemExit(
+            f"{weights} is from a stopped `sk-mann train` run "
+            f"({manifest['training']['episodes']:,} of "
+            f"{manifest['training']['episodes_requested']:,} episodes); "
+            "re-run its command to finish it first."
+        )
+    return manifest
+
+
+def _with_row(results: dict, label: str, res: dict) -> dict:
+    """``results`` with row ``label`` set: a new row goes before the baselines."""
+    if label in results:
+        return {**results, label: res}
+    rows = list(results.items())
+    at = next(
+        (i for i, (k, _) in enumerate(rows) if k.startswith("[baseline]")), len(rows)
+    )
+    return dict(rows[:at] + [(label, res)] + rows[at:])
+
+
+def add_weights(args: argparse.Namespace) -> None:
+    """Score ``args.weights`` on Table 1's held-out episodes; add its row."""
+    weights = Path(args.weights)
+    trained = _sibling_manifest(weights)
+    config, state = load_weights(weights)
+    if (config["labels"], config["n_way"], config["n_inputs"]) != (
+        "onehot",
+        N_WAY,
+        IMAGE * IMAGE,
+    ):
+        raise SystemExit(
+            f"{weights} is not a 5-way one-hot 20x20 model (config {config}); "
+            "Table 1 scores only those."
+        )
+    payload = json.loads((RESULTS / "table1.json").read_text())
+    module = build_network(
+        config["network"], config["n_inputs"], N_WAY, N_WAY, **config["kwargs"]
+    )
+    module.load_state_dict(state)
+    _, test_s = samplers(args.data_home)
+    t0 = time.perf_counter()
+    res = evaluate_network(
+        module,
+        test_s,
+        n_episodes=payload["protocol"]["eval_episodes"],
+        seed=EVAL_SEED,
+        batch_size=16 * MODELS["mann"]["train"]["batch_size"],
+        instances=INSTANCES,
+    )
+    info = trained["training"]
+    res["episodes_trained"] = info["episodes"]
+    res["train_wall_seconds"] = info["wall_seconds"]
+    res["training"] = info
+    res["kwargs"] = config["kwargs"]
+    res["trained_by"] = trained["produced_by"]
+    res["added_by"] = {k: v for k, v in metadata().items() if k != "versions"}
+    payload["results"] = _with_row(payload["results"], args.label, res)
+    payload["eval_seconds"][args.label] = time.perf_counter() - t0
+    print(args.label, np.round(100 * np.array(res["accuracy"]), 1))
+    write_json("table1", payload)
+    write_markdown(payload)
+    plot_results(payload)
+    if args.export:
+        _ship(module, config, payload, args.label, args.export)
 
 
 def _row(values: list[float]) -> str:
@@ -280,12 +365,29 @@ def write_markdown(payload: dict) -> None:
                 for g in res["training_segments"]
             ]
             lines.append(f"- {label}: " + ", ".join(parts))
+        elif res.get("training"):
+            t = res["training"]
+            lines.append(
+                f"- {label}: {t['episodes']:,} episodes, lr {t['lr']:g} "
+                f"({t.get('lr_schedule', 'constant')} schedule), batch "
+                f"{t['batch_size']}, trained by `{res['trained_by']}`"
+            )
     lines += [
         "",
         f"Produced by `{payload['command']}` on {payload['date']} "
         f"({payload['machine']['cpu_count']} CPUs, "
         f"torch {payload['versions']['torch']}, "
         f"commit {payload['git_commit']}).",
+    ]
+    for label, res in payload["results"].items():
+        if res.get("added_by"):
+            added = res["added_by"]
+            lines += [
+                "",
+                f"Row {label!r} added by `{added['command']}` on {added['date']} "
+                f"(commit {added['git_commit']}).",
+            ]
+    lines += [
         "",
         "![accuracy per instance](table1.png)",
         "",
@@ -368,8 +470,16 @@ def export_weights(payload: dict) -> None:
 
 def _export(payload: dict, name: str, shipped: str) -> None:
     module, _ = load_trained(name)
-    out = REPO / "sk_mann" / "pretrained"
-    out.mkdir(exist_ok=True)
+    res = payload["results"][MODELS[name]["label"]]
+    segments = _segments_path(name)
+    training = {
+        **MODELS[name]["train"],
+        "episodes": res["episodes_trained"],
+        "wall_seconds": res["train_wall_seconds"],
+        "segments": json.loads(segments.read_text()) if segments.exists() else None,
+        "data": "Omniglot characters 1-1200 (paper split), 20x20, max-normalised",
+        "augmentation": payload["protocol"]["train_augmentation"],
+    }
     config = {
         "network": "mann",
         "n_inputs": IMAGE * IMAGE,
@@ -377,38 +487,62 @@ def _export(payload: dict, name: str, shipped: str) -> None:
         "n_way": N_WAY,
         "kwargs": MODELS[name]["kwargs"],
     }
+    _write_shipped(module, config, training, res, shipped, payload["command"], payload)
+
+
+def _ship(
+    module: torch.nn.Module, config: dict, payload: dict, label: str, shipped: str
+) -> None:
+    """Ship a row added by ``add`` (its training record from ``sk-mann train``)."""
+    res = payload["results"][label]
+    added = res["added_by"]
+    _write_shipped(
+        module,
+        config,
+        res["training"],
+        res,
+        shipped,
+        f"{res['trained_by']}; then {added['command']}",
+        added,
+    )
+
+
+def _usage(shipped: str, kwargs: dict) -> str:
+    """How to load ``shipped``: the arguments that differ from the defaults."""
+    extra = ""
+    if kwargs.get("write_content") == "add":
+        extra += ", write_content='add'"
+    if kwargs.get("key_strength"):
+        extra += ", key_strength=True"
+    return f"MANNOneShotClassifier(pretrained={shipped!r}{extra})"
+
+
+def _write_shipped(
+    module: torch.nn.Module,
+    config: dict,
+    training: dict,
+    res: dict,
+    shipped: str,
+    command: str,
+    when: dict,
+) -> None:
+    out = REPO / "sk_mann" / "pretrained"
+    out.mkdir(parents=True, exist_ok=True)
     save_weights(out / f"{shipped}.pt", module, config)
-    res = payload["results"][MODELS[name]["label"]]
-    segments = _segments_path(name)
     manifest = {
         "name": shipped,
         **config,
-        "training": {
-            **MODELS[name]["train"],
-            "episodes": res["episodes_trained"],
-            "wall_seconds": res["train_wall_seconds"],
-            "segments": json.loads(segments.read_text()) if segments.exists() else None,
-            "data": "Omniglot characters 1-1200 (paper split), 20x20, max-normalised",
-            "augmentation": payload["protocol"]["train_augmentation"],
-        },
+        "training": training,
         "heldout_accuracy": dict(zip(map(str, INSTANCES), res["accuracy"])),
         "heldout_episodes": res["n_episodes"],
         "input": (
             "20x20 Omniglot-style image, strokes=1, background=0, "
             "max-normalised, flattened"
         ),
-        "usage": (
-            f"MANNOneShotClassifier(pretrained={shipped!r}"
-            + (
-                ", write_content='add'"
-                if MODELS[name]["kwargs"]["write_content"] == "add"
-                else ""
-            )
-            + ")"
-        ),
-        "produced_by": payload["command"],
-        "date": payload["date"],
-        "git_commit": payload["git_commit"],
+        "usage": _usage(shipped, config["kwargs"]),
+        "produced_by": command,
+        "date": when["date"],
+        "git_commit": when["git_commit"],
     }
     (out / f"{shipped}.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
@@ -417,7 +551,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("stage", choices=["train", "evaluate"])
+    p.add_argument("stage", choices=["train", "evaluate", "add"])
     p.add_argument("--model", choices=list(MODELS), default="mann")
     p.add_argument(
         "--episodes",
@@ -438,14 +572,27 @@ def main() -> None:
     p.add_argument("--data-home", default=default_data_home())
     p.add_argument(
         "--export",
-        action="store_true",
-        help="write the MANN weights to sk_mann/pretrained",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="NAME",
+        help="evaluate: write the MANN weights to sk_mann/pretrained; "
+        "add: ship the weights there as NAME",
     )
+    p.add_argument("--weights", help="add: weights file written by `sk-mann train`")
+    p.add_argument("--label", help="add: the row's label in the table")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.episodes is None:
         args.episodes = 1_600_000 if args.stage == "train" else 1000
-    train(args) if args.stage == "train" else evaluate(args)
+    if args.stage == "add":
+        if not args.weights or not args.label:
+            p.error("add needs --weights and --label")
+        if args.export is True:
+            p.error("add: --export needs the NAME to ship the weights as")
+        add_weights(args)
+    else:
+        train(args) if args.stage == "train" else evaluate(args)
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model",
-        default="omniglot_5way_add",
+        default="omniglot_5way_add_ks",
         metavar="NAME_OR_PATH",
         help="shipped model name or weights file (default: the best shipped "
         "model on held-out Omniglot, see benchmarks/results/table1.md)",

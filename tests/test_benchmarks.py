@@ -316,3 +316,125 @@ def test_runs_record_the_cpu_and_its_caches(monkeypatch):
     assert _common.machine_line(old) == "CPU: x86_64, 2 CPUs"
     new = {"machine": {"cpu_model": "X", "caches": {"L2": "512K"}, "cpu_count": 2}}
     assert _common.machine_line(new) == "CPU: X (L2 512K), 2 CPUs"
+
+
+@pytest.fixture
+def table1(monkeypatch, tmp_path):
+    """benchmarks/table1.py writing into ``tmp_path``, on synthetic episodes."""
+    import numpy as np
+
+    from sk_mann.episodes import EpisodeSampler
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import table1
+
+    rng = np.random.default_rng(0)
+    X, y = rng.random((60, 400)), np.repeat(np.arange(6), 10)
+    sampler = EpisodeSampler(X, y, n_way=5, n_per_class=10)
+    monkeypatch.setattr(table1, "samplers", lambda data_home: (sampler, sampler))
+    monkeypatch.setattr(table1, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(table1, "REPO", tmp_path)
+    (tmp_path / "results").mkdir()
+    yield table1
+    sys.modules.pop("table1", None)
+
+
+def _table1_payload(rows: list[str]) -> dict:
+    res = {"instances": list(range(1, 11)), "accuracy": [0.5] * 10}
+    return {
+        "protocol": {"eval_episodes": 3},
+        "results": {r: {**res, "ci95": [0.1] * 10, "n_episodes": 3} for r in rows},
+        "paper": {"MANN (paper)": [36.4, 82.8, 91.0, 92.6, 94.9, 98.1]},
+        "eval_seconds": {},
+        "command": "python benchmarks/table1.py evaluate",
+        "date": "earlier",
+        "git_commit": "abc",
+        "machine": {"cpu_count": 2},
+        "versions": {"torch": "2.13.0"},
+    }
+
+
+def _trained_weights(tmp_path, complete=True):
+    """A tiny 5-way key-strength MANN saved as `sk-mann train` would save it."""
+    import json
+
+    import torch
+
+    from sk_mann.model import PAPER_MANN_KWARGS, build_network
+    from sk_mann.pretrained import save_weights
+
+    kwargs = dict(PAPER_MANN_KWARGS, controller_size=8, n_slots=6, slot_size=3)
+    kwargs["n_reads"] = 2
+    kwargs.update(write_content="add", key_strength=True)
+    torch.manual_seed(0)
+    module = build_network("mann", 400, 5, 5, **kwargs)
+    config = dict(network="mann", n_inputs=400, labels="onehot", n_way=5)
+    path = save_weights(tmp_path / "m.pt", module, {**config, "kwargs": kwargs})
+    training = dict(episodes=320, episodes_requested=640 if not complete else 320)
+    training.update(complete=complete, wall_seconds=9.0, lr=1e-3, batch_size=16)
+    manifest = {"training": training, "produced_by": "sk-mann train --out m.pt"}
+    path.with_suffix(".json").write_text(json.dumps(manifest))
+    return path, module
+
+
+def test_table1_add_scores_a_weights_file_and_ships_it(table1, tmp_path):
+    """`add` keeps the other rows, puts the new one before the baselines, ships it."""
+    import argparse
+    import json
+
+    import torch
+
+    from sk_mann import MANNOneShotClassifier
+
+    rows = ["MANN (LSTM controller, LRUA)", "[baseline] LSTM"]
+    (tmp_path / "results" / "table1.json").write_text(json.dumps(_table1_payload(rows)))
+    weights, module = _trained_weights(tmp_path)
+    args = argparse.Namespace(
+        weights=str(weights), label="[extension] tiny", export="tiny", data_home=""
+    )
+    table1.add_weights(args)
+    payload = json.loads((tmp_path / "results" / "table1.json").read_text())
+    assert list(payload["results"]) == [rows[0], "[extension] tiny", rows[1]]
+    assert payload["results"][rows[0]]["accuracy"] == [0.5] * 10  # untouched
+    row = payload["results"]["[extension] tiny"]
+    assert row["n_episodes"] == 3 and row["episodes_trained"] == 320
+    assert row["trained_by"] == "sk-mann train --out m.pt"
+    text = (tmp_path / "results" / "table1.md").read_text()
+    assert "| [extension] tiny | 320 |" in text
+    assert "Row '[extension] tiny' added by `" in text
+    shipped = tmp_path / "sk_mann" / "pretrained"
+    manifest = json.loads((shipped / "tiny.json").read_text())
+    assert manifest["usage"] == (
+        "MANNOneShotClassifier(pretrained='tiny', write_content='add', "
+        "key_strength=True)"
+    )
+    assert manifest["heldout_accuracy"]["2"] == row["accuracy"][1]
+    assert manifest["produced_by"].startswith("sk-mann train --out m.pt; then ")
+    clf = MANNOneShotClassifier(
+        pretrained=shipped / "tiny.pt",
+        write_content="add",
+        key_strength=True,
+        controller_size=8,
+        n_slots=6,
+        slot_size=3,
+        n_reads=2,
+    ).partial_fit(torch.rand(2, 400).numpy(), ["a", "b"])
+    for name, tensor in module.state_dict().items():
+        torch.testing.assert_close(clf.module_.state_dict()[name], tensor)
+
+
+def test_table1_add_refuses_a_stopped_training_run(table1, tmp_path):
+    import argparse
+    import json
+
+    (tmp_path / "results" / "table1.json").write_text(json.dumps(_table1_payload([])))
+    weights, _ = _trained_weights(tmp_path, complete=False)
+    args = argparse.Namespace(
+        weights=str(weights), label="x", export=None, data_home=""
+    )
+    with pytest.raises(SystemExit, match="320 of 640 episodes"):
+        table1.add_weights(args)
+    assert (
+        json.loads((tmp_path / "results" / "table1.json").read_text())["results"] == {}
+    )

@@ -37,3 +37,32 @@ def test_loaded_by_name_learns_a_new_class_from_one_example():
     proba = clf.predict_proba(np.stack([a.ravel(), b.ravel()]))
     assert proba.shape == (2, 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_every_shipped_model_loads_with_the_parameters_its_manifest_names():
+    """Each manifest's ``usage`` is a working call, and its weights are loaded."""
+    import ast
+    import re
+
+    X = np.random.default_rng(0).random((2, 400))
+    for name in list_pretrained():
+        manifest = pretrained_manifest(name)
+        call = manifest["usage"]
+        assert call.startswith(f"MANNOneShotClassifier(pretrained={name!r}")
+        kwargs = dict(re.findall(r", (\w+)=([^,)]+)", call))
+        params = {k: ast.literal_eval(v) for k, v in kwargs.items()}
+        clf = MANNOneShotClassifier(pretrained=name, **params).partial_fit(X, [0, 1])
+        _, state = load_weights(name)
+        for key, tensor in clf.module_.state_dict().items():
+            torch.testing.assert_close(tensor, state[key])
+        assert manifest["heldout_episodes"] == 1000
+
+
+def test_the_key_strength_model_names_the_missing_parameter():
+    import pytest
+
+    X = np.random.default_rng(0).random((2, 400))
+    clf = MANNOneShotClassifier(pretrained="omniglot_5way_add_ks", write_content="add")
+    with pytest.raises(ValueError, match="key_strength: file=True, model=False"):
+        clf.partial_fit(X, [0, 1])
+    assert not hasattr(clf, "module_")
