@@ -204,6 +204,7 @@ def parallel_training(
     reps: int = 4,
     batches: int = 25,
     compile: bool = True,
+    compile_options: dict | None = None,
 ) -> dict:
     """Compiled ``meta_train`` episodes/s: one process on every thread against
     ``workers`` forked processes of one thread (``meta_train(workers=...)``).
@@ -212,6 +213,8 @@ def parallel_training(
     block a fresh network), so both are read under the same machine load. The
     first epoch of each block (compilation or cache load, fork) is left out;
     the rest are skorch's epoch durations (training steps and sampling).
+    ``compile_options`` go to ``meta_train`` for both settings (e.g. inductor's
+    C++ wrapper).
     """
     from sk_mann.training import meta_train
 
@@ -232,12 +235,15 @@ def parallel_training(
                 progress_bar=False,
                 verbose=0,
                 compile=compile,
+                compile_options=compile_options,
                 workers=w,
             )
             dur = [h["dur"] for h in net.history]
             first[w].append(dur[0])
             durations[w] += dur[1:]
     out = {"batch_size": bs, "workers": workers, "epochs_timed": {}}
+    if compile_options:
+        out["compile_options"] = compile_options
     for w, d in durations.items():
         key = "one_process" if w == 1 else "workers"
         out[key + "_episodes_per_s"] = bs * batches / float(np.median(d))
@@ -726,6 +732,40 @@ def _cpp_wrapper_lines(cw: dict | None) -> list[str]:
     return lines
 
 
+def _parallel_lines(par: dict | None, p: dict) -> list[str]:
+    """A workers table of ``speed.md`` (none without a measurement)."""
+    if not par:
+        return []
+    one = par["one_process_episodes_per_s"]
+    many = par["workers_episodes_per_s"]
+    gf1, gf = (e * p["flops_per_episode"] / 1e9 for e in (one, many))
+    cpp = (par.get("compile_options") or {}).get("cpp_wrapper")
+    how = ", C++ wrapper" if cpp else ""
+    lines = [
+        "",
+        f"| `meta_train`, batch {par['batch_size']}, compiled{how} | episodes/s "
+        "| achieved GFLOP/s |",
+        "|---|---|---|",
+        f"| one process, {p['threads']} threads | {one:.0f} | {gf1:.1f} |",
+        f"| `workers={par['workers']}`: {par['workers']} processes of one thread "
+        f"| {many:.0f} | {gf:.1f} |",
+        "",
+        f"Data-parallel training (`meta_train(workers={par['workers']})`"
+        + (
+            ', both settings with `compile_options={"cpp_wrapper": True}`'
+            if cpp
+            else ""
+        )
+        + "): each process trains on its share of every batch and the gradients "
+        "are averaged before each step. The two settings alternate in blocks of "
+        "epochs (random 400-feature episodes, sampling included; each "
+        "block's first epoch, with compilation or the kernel cache's load, "
+        f"left out): {par['ratio']:.2f}x.",
+    ]
+    lines[-1] += _apart_text(par, "row")
+    return lines
+
+
 def _apart_text(row: dict, what: str, extra: str = "") -> str:
     """ " This row was measured apart ..." for a row of ``_merge_apart``."""
     apart = row.get("measured_apart")
@@ -772,28 +812,8 @@ def write_markdown(p: dict) -> None:
         "the speed-up is read under the same machine load.",
     ]
     lines += _cpp_wrapper_lines(p.get("cpp_wrapper_training"))
-    par = p.get("parallel_training")
-    if par:
-        one = par["one_process_episodes_per_s"]
-        many = par["workers_episodes_per_s"]
-        gf1, gf = (e * p["flops_per_episode"] / 1e9 for e in (one, many))
-        lines += [
-            "",
-            f"| `meta_train`, batch {par['batch_size']}, compiled | episodes/s "
-            "| achieved GFLOP/s |",
-            "|---|---|---|",
-            f"| one process, {p['threads']} threads | {one:.0f} | {gf1:.1f} |",
-            f"| `workers={par['workers']}`: {par['workers']} processes of one thread "
-            f"| {many:.0f} | {gf:.1f} |",
-            "",
-            f"Data-parallel training (`meta_train(workers={par['workers']})`): each "
-            "process trains on its share of every batch and the gradients are "
-            "averaged before each step. The two settings alternate in blocks of "
-            "epochs (random 400-feature episodes, sampling included; each "
-            "block's first epoch, with compilation or the kernel cache's load, "
-            f"left out): {par['ratio']:.2f}x.",
-        ]
-        lines[-1] += _apart_text(par, "row")
+    lines += _parallel_lines(p.get("parallel_training"), p)
+    lines += _parallel_lines(p.get("parallel_training_cpp_wrapper"), p)
     lines += [
         "",
         "| streaming, 400-feature dicts | predict_one + learn_one median (us) "
@@ -929,9 +949,16 @@ def _merge_apart(key: str, row: dict) -> None:
 
 
 def remeasure_parallel(args: argparse.Namespace) -> None:
-    """``--parallel-only``: the workers row again, into ``speed.json``."""
-    row = parallel_training(16, args.workers)  # first epochs (compiling) left out
-    _merge_apart("parallel_training", row)
+    """``--parallel-only``: the workers row again, into ``speed.json``.
+
+    With ``--cpp-wrapper``, both settings compile with inductor's C++ wrapper
+    (a row of its own, ``parallel_training_cpp_wrapper``).
+    """
+    options = {"cpp_wrapper": True} if args.cpp_wrapper else None
+    # first epochs (compiling) left out
+    row = parallel_training(16, args.workers, compile_options=options)
+    key = "parallel_training" + ("_cpp_wrapper" if options else "")
+    _merge_apart(key, row)
 
 
 def main() -> None:
@@ -982,7 +1009,15 @@ def main() -> None:
         "put it into the existing results (it records its own command, date and "
         "commit)",
     )
+    ap.add_argument(
+        "--cpp-wrapper",
+        action="store_true",
+        help="with --parallel-only: both settings compiled with inductor's C++ "
+        "wrapper (a row of its own)",
+    )
     args = ap.parse_args()
+    if args.cpp_wrapper and not args.parallel_only:
+        ap.error("--cpp-wrapper goes with --parallel-only")
     torch.set_num_threads(args.threads)
     if args.parallel_only:
         remeasure_parallel(args)

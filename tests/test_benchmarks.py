@@ -218,6 +218,39 @@ def test_speed_parallel_training_compares_both_settings(small_speed, monkeypatch
     )
 
 
+def test_speed_parallel_training_passes_the_compile_options(small_speed, monkeypatch):
+    """The workers row with the C++ wrapper: both settings get the options,
+    and speed.md says so in a table of its own."""
+    import types
+
+    import sk_mann.training
+
+    tiny = dict(controller_size=8, n_slots=6, slot_size=3, n_reads=2)
+    monkeypatch.setattr(small_speed, "PAPER", tiny)
+    calls = []
+
+    def fake_meta_train(module, sampler, **kw):
+        calls.append((kw["workers"], kw["compile_options"]))
+        dur = [9.0] + [1.0 if kw["workers"] == 1 else 0.5] * 2
+        return types.SimpleNamespace(history=[{"dur": d} for d in dur])
+
+    monkeypatch.setattr(sk_mann.training, "meta_train", fake_meta_train)
+    options = {"cpp_wrapper": True}
+    out = small_speed.parallel_training(
+        4, 2, epochs=3, reps=2, batches=2, compile_options=options
+    )
+    assert calls == [(1, options), (2, options), (2, options), (1, options)]
+    assert out["compile_options"] == options and out["ratio"] == pytest.approx(2.0)
+    p = {"threads": 2, "flops_per_episode": 1e9}
+    text = "\n".join(small_speed._parallel_lines(out, p))
+    assert "| `meta_train`, batch 4, compiled, C++ wrapper |" in text
+    assert 'both settings with `compile_options={"cpp_wrapper": True}`' in text
+    assert "2.00x" in text
+    del out["compile_options"]
+    assert "C++" not in "\n".join(small_speed._parallel_lines(out, p))
+    assert small_speed._parallel_lines(None, p) == []
+
+
 def test_speed_cpp_wrapper_table_alternates_three_networks(small_speed, monkeypatch):
     """speed.py's C++-wrapper table: the options reach the compiled setups,
     every network is timed, and the table says where it was measured."""
