@@ -7,9 +7,12 @@ A stream brings samples of classes nobody has seen before, one at a time. For
 every sample each model first **predicts**, then **learns** it (River's
 predict-then-learn protocol). Three models learn side by side:
 
-- the MANN with the shipped weights, meta-trained on Omniglot characters
-  (:class:`~sk_mann.MANNOneShotClassifier` with ``pretrained="omniglot_5way"``):
-  ``learn_one`` writes the sample to its memory, without any gradient step;
+- the MANN with the most accurate shipped weights, meta-trained on Omniglot
+  characters (:class:`~sk_mann.MANNOneShotClassifier` with
+  ``pretrained="omniglot_5way_add_ks"``, which writes add vectors and sharpens
+  its reads with key strengths; the paper's own network is
+  ``"omniglot_5way"``): ``learn_one`` writes the sample to its memory, without
+  any gradient step;
 - River's :class:`river.neighbors.KNNClassifier` (1 neighbour);
 - scikit-learn's :class:`~sklearn.neighbors.KNeighborsClassifier`
   (1 neighbour), refit on everything seen so far before each prediction.
@@ -95,8 +98,12 @@ plt.show()
 # -------------------
 # River models take a dict per sample; the MANN fixes its feature order from
 # the first dict it learns (sorted keys: pixels 0..399). ``predict_one`` never
-# changes the MANN; ``learn_one`` writes one sample to its memory.
-mann = MANNOneShotClassifier(pretrained="omniglot_5way", seed=0)
+# changes the MANN; ``learn_one`` writes one sample to its memory. The
+# architecture parameters must match the weights file's (the error lists any
+# that differ).
+mann = MANNOneShotClassifier(
+    pretrained="omniglot_5way_add_ks", write_content="add", key_strength=True, seed=0
+)
 
 names = ("MANN (pretrained)", "River KNN", "scikit-learn KNN")
 correct = {name: np.zeros((N_EPISODES, N_WAY * N_PER_CLASS), bool) for name in names}
