@@ -471,3 +471,25 @@ def test_table1_add_refuses_a_stopped_training_run(table1, tmp_path):
     assert (
         json.loads((tmp_path / "results" / "table1.json").read_text())["results"] == {}
     )
+
+
+def test_table1_evaluate_keeps_the_rows_added_by_add(table1, tmp_path, monkeypatch):
+    """Re-running `evaluate` re-scores its own models and keeps `add`'s rows."""
+    import argparse
+    import json
+
+    monkeypatch.setattr(table1, "RUNS", tmp_path / "runs")  # no checkpoints here
+    added = {"accuracy": [0.9] * 10, "ci95": [0.01] * 10, "n_episodes": 3}
+    added["added_by"] = {"command": "add", "date": "d", "git_commit": "abc"}
+    old = _table1_payload(["[baseline] LSTM"])
+    old["results"]["[extension] kept"] = added
+    (tmp_path / "results" / "table1.json").write_text(json.dumps(old))
+    args = argparse.Namespace(data_home="", episodes=2, river_episodes=2, export=False)
+    table1.evaluate(args)
+    results = json.loads((tmp_path / "results" / "table1.json").read_text())["results"]
+    assert list(results)[0] == "[extension] kept"  # before the baselines
+    assert results["[extension] kept"] == added
+    assert "[baseline] LSTM" not in results  # no checkpoint: not carried over
+    assert all(
+        r["n_episodes"] == 2 for k, r in results.items() if k != "[extension] kept"
+    )
