@@ -98,12 +98,10 @@ plt.show()
 # -------------------
 # River models take a dict per sample; the MANN fixes its feature order from
 # the first dict it learns (sorted keys: pixels 0..399). ``predict_one`` never
-# changes the MANN; ``learn_one`` writes one sample to its memory. The
-# architecture parameters must match the weights file's (the error lists any
-# that differ).
-mann = MANNOneShotClassifier(
-    pretrained="omniglot_5way_add_ks", write_content="add", key_strength=True, seed=0
-)
+# changes the MANN; ``learn_one`` writes one sample to its memory.
+# ``from_pretrained`` reads the architecture parameters (here
+# ``write_content="add", key_strength=True``) from the weights file.
+mann = MANNOneShotClassifier.from_pretrained("omniglot_5way_add_ks", seed=0)
 
 names = ("MANN (pretrained)", "River KNN", "scikit-learn KNN")
 correct = {name: np.zeros((N_EPISODES, N_WAY * N_PER_CLASS), bool) for name in names}

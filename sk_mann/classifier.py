@@ -420,6 +420,71 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             "verbose": 0,
         }
 
+    @classmethod
+    def from_pretrained(
+        cls, pretrained: str | os.PathLike, **params: Any
+    ) -> MANNOneShotClassifier:
+        """An estimator for ``pretrained`` with the file's architecture.
+
+        ``MANNOneShotClassifier(pretrained=...)`` needs its architecture
+        parameters (``controller``, ``controller_size``, ``n_slots``,
+        ``slot_size``, ``n_reads``, ``gamma``, ``read_feedback``,
+        ``write_content``, ``read_after_write``, ``key_strength``, ``labels``,
+        ``n_way``) to equal the weights file's. This reads them from the file,
+        so only the other parameters need to be given. The result is a plain
+        unfitted estimator: ``get_params`` shows every parameter, so
+        ``clone``, pipelines and grid searches work as usual.
+
+        Parameters
+        ----------
+        pretrained : str or path-like
+            A shipped model's name (:func:`sk_mann.pretrained.list_pretrained`)
+            or the path of a weights file.
+        **params
+            Other constructor parameters (``seed``, ``n_jobs``, ...). An
+            architecture parameter given here must equal the file's.
+
+        Returns
+        -------
+        MANNOneShotClassifier
+
+        Raises
+        ------
+        FileNotFoundError
+            When ``pretrained`` names no shipped model and no file.
+        ValueError
+            When the file is unreadable, holds no MANN, or an architecture
+            parameter in ``params`` differs from the file's.
+
+        Examples
+        --------
+        >>> clf = MANNOneShotClassifier.from_pretrained("omniglot_5way_add_ks", seed=0)
+        >>> clf.write_content, clf.key_strength, clf.n_way
+        ('add', True, 5)
+        """
+        config, _ = _pretrained.load_weights(pretrained)
+        if config.get("network") != "mann":
+            raise ValueError(
+                f"pretrained={os.fspath(pretrained)!r} holds a "
+                f"{config.get('network')!r} network, not a MANN; "
+                "MANNOneShotClassifier loads MANN weights only."
+            )
+        arch = {**cls._ARCH_DEFAULTS_OF_OLD_FILES, **config.get("kwargs", {})}
+        from_file = {k: arch[k] for k in cls._ARCH_PARAMS if k in arch}
+        from_file.update(labels=config["labels"], n_way=config["n_way"])
+        clashes = [
+            f"{k}={params[k]!r} (the file's: {v!r})"
+            for k, v in from_file.items()
+            if k in params and params[k] != v
+        ]
+        if clashes:
+            raise ValueError(
+                f"pretrained={os.fspath(pretrained)!r} was trained with other "
+                f"architecture parameters than given: {'; '.join(clashes)}. Leave "
+                "them out (from_pretrained reads them from the file)."
+            )
+        return cls(pretrained=pretrained, **{**from_file, **params})
+
     # -------------------------------------------------------------- helpers
     def _torch_device(self) -> torch.device:
         dev = torch.device(self.device)

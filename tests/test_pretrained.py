@@ -66,3 +66,42 @@ def test_the_key_strength_model_names_the_missing_parameter():
     with pytest.raises(ValueError, match="key_strength: file=True, model=False"):
         clf.partial_fit(X, [0, 1])
     assert not hasattr(clf, "module_")
+
+
+def test_from_pretrained_takes_the_architecture_from_the_file():
+    import pytest
+    from sklearn.base import clone
+
+    X = np.random.default_rng(0).random((2, 400))
+    for name in list_pretrained():
+        config, state = load_weights(name)
+        clf = MANNOneShotClassifier.from_pretrained(name, seed=3, n_jobs=1)
+        params = clf.get_params()
+        assert params["pretrained"] == name and params["seed"] == 3
+        assert params["n_jobs"] == 1 and params["n_way"] == config["n_way"]
+        for key, value in config["kwargs"].items():
+            assert params[key] == value
+        clf = clone(clf).partial_fit(X, ["a", "b"])
+        for key, tensor in clf.module_.state_dict().items():
+            torch.testing.assert_close(tensor, state[key])
+    # a parameter the file fixes may be repeated, not contradicted
+    MANNOneShotClassifier.from_pretrained("omniglot_5way_add_ks", key_strength=True)
+    with pytest.raises(ValueError, match=r"write_content='key' \(the file's: 'add'\)"):
+        MANNOneShotClassifier.from_pretrained(
+            "omniglot_5way_add_ks", write_content="key"
+        )
+    with pytest.raises(FileNotFoundError, match="neither a shipped model"):
+        MANNOneShotClassifier.from_pretrained("no_such_model")
+
+
+def test_from_pretrained_refuses_a_file_without_a_mann(tmp_path):
+    import pytest
+
+    from sk_mann.model import build_network
+    from sk_mann.pretrained import save_weights
+
+    lstm = build_network("lstm", 400, 5, 5, hidden_size=4)
+    config = {"network": "lstm", "n_inputs": 400, "labels": "onehot", "n_way": 5}
+    path = save_weights(tmp_path / "lstm.pt", lstm, {**config, "kwargs": {}})
+    with pytest.raises(ValueError, match="holds a 'lstm' network, not a MANN"):
+        MANNOneShotClassifier.from_pretrained(path)
