@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from _common import REPO, RESULTS, RUNS, default_data_home, metadata, write_json
 
+from sk_mann._demo import load_model
 from sk_mann.baselines import RiverKNN, SklearnKNN, evaluate_online
 from sk_mann.datasets import fetch_omniglot
 from sk_mann.episodes import EpisodeSampler
 from sk_mann.metrics import evaluate_network
 from sk_mann.model import PAPER_MANN_KWARGS, build_network
-from sk_mann.pretrained import load_weights, save_weights
+from sk_mann.pretrained import save_weights
 from sk_mann.training import meta_train
 
 N_WAY, N_PER_CLASS, IMAGE = 5, 10, 20
@@ -258,15 +259,14 @@ def evaluate(args: argparse.Namespace) -> None:
         export_weights(payload)
 
 
-def _sibling_manifest(weights: Path) -> dict:
+def _training_record(weights: Path, manifest: dict | None) -> dict:
     """The manifest ``sk-mann train`` wrote beside ``weights`` (required)."""
-    path = weights.with_suffix(".json")
-    if not path.exists():
+    if manifest is None:
         raise SystemExit(
-            f"{path} not found: `add` needs the manifest `sk-mann train` writes "
-            "beside its weights (it says how the model was trained)."
+            f"{weights.with_suffix('.json')} not found: `add` needs the manifest "
+            "`sk-mann train` writes beside its weights (it says how the model was "
+            "trained)."
         )
-    manifest = json.loads(path.read_text())
     if not manifest.get("training", {}).get("complete", True):
         raise SystemExit(
             f"{weights} is from a stopped `sk-mann train` run "
@@ -291,8 +291,9 @@ def _with_row(results: dict, label: str, res: dict) -> dict:
 def add_weights(args: argparse.Namespace) -> None:
     """Score ``args.weights`` on Table 1's held-out episodes; add its row."""
     weights = Path(args.weights)
-    trained = _sibling_manifest(weights)
-    config, state = load_weights(weights)
+    model = load_model(weights)  # the network, its config and its manifest
+    trained = _training_record(weights, model.manifest)
+    config, module = model.config, model.module
     if (config["labels"], config["n_way"], config["n_inputs"]) != (
         "onehot",
         N_WAY,
@@ -303,10 +304,6 @@ def add_weights(args: argparse.Namespace) -> None:
             "Table 1 scores only those."
         )
     payload = json.loads((RESULTS / "table1.json").read_text())
-    module = build_network(
-        config["network"], config["n_inputs"], N_WAY, N_WAY, **config["kwargs"]
-    )
-    module.load_state_dict(state)
     _, test_s = samplers(args.data_home)
     t0 = time.perf_counter()
     res = evaluate_network(

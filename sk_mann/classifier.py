@@ -469,9 +469,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
                 f"{config.get('network')!r} network, not a MANN; "
                 "MANNOneShotClassifier loads MANN weights only."
             )
-        arch = {**cls._ARCH_DEFAULTS_OF_OLD_FILES, **config.get("kwargs", {})}
-        from_file = {k: arch[k] for k in cls._ARCH_PARAMS if k in arch}
-        from_file.update(labels=config["labels"], n_way=config["n_way"])
+        from_file = cls._file_params(config)
         clashes = [
             f"{k}={params[k]!r} (the file's: {v!r})"
             for k, v in from_file.items()
@@ -486,6 +484,14 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         return cls(pretrained=pretrained, **{**from_file, **params})
 
     # -------------------------------------------------------------- helpers
+    @classmethod
+    def _file_params(cls, config: dict) -> dict[str, Any]:
+        """A weights file's architecture parameters, ``labels`` and ``n_way``."""
+        arch = {**cls._ARCH_DEFAULTS_OF_OLD_FILES, **config.get("kwargs", {})}
+        params = {k: arch[k] for k in cls._ARCH_PARAMS if k in arch}
+        params.update(labels=config.get("labels"), n_way=config.get("n_way"))
+        return params
+
     def _torch_device(self) -> torch.device:
         dev = torch.device(self.device)
         if dev.type == "cuda" and not torch.cuda.is_available():
@@ -550,7 +556,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
             diffs.append(
                 f"n_way: file={config.get('n_way')!r}, model={ours['n_way']!r}"
             )
-        theirs = {**self._ARCH_DEFAULTS_OF_OLD_FILES, **config.get("kwargs", {})}
+        theirs = self._file_params(config)
         for key, val in ours["kwargs"].items():
             if theirs.get(key) != val:
                 diffs.append(f"{key}: file={theirs.get(key)!r}, model={val!r}")
