@@ -41,7 +41,7 @@ from _common import (
     write_json,
 )
 
-from sk_mann import MANNOneShotClassifier, _jit_step
+from sk_mann import MANNOneShotClassifier, _jit_step, _memory_op
 from sk_mann.model import MANN
 from sk_mann.training import _compile_training_forward
 
@@ -262,7 +262,8 @@ def optimisations(iters: int) -> dict:
     """Before/after of each optimisation, measured in this run.
 
     "Before" swaps the straightforward code back in: the reference LRUA step
-    built from one function per equation, and the torch step in the
+    built from one function per equation (and the tensor operations instead
+    of the eager training step's memory kernels), and the torch step in the
     estimator's streaming path.
     """
     import sk_mann.model as model_mod
@@ -270,15 +271,18 @@ def optimisations(iters: int) -> dict:
 
     out = {}
     fused = model_mod.mem.lrua_step_fused
-    for name, step in (
-        ("reference lrua_step", mem.lrua_step),
-        ("lrua_step_fused", fused),
-    ):
-        model_mod.mem.lrua_step_fused = step
+    kernel = _memory_op.ENABLED
+    steps = [("reference lrua_step", mem.lrua_step), ("lrua_step_fused", fused)]
+    if _memory_op.AVAILABLE:
+        steps.append(("memory step kernels (numba, sk_mann._memory_op)", None))
+    for name, step in steps:
+        model_mod.mem.lrua_step_fused = step or fused
+        _memory_op.ENABLED = step is None
         try:
             out[f"train batch 16, {name}"] = train_throughput([16], iters)[0]
         finally:
             model_mod.mem.lrua_step_fused = fused
+            _memory_op.ENABLED = kernel
     xs, ys, _ = _stream(1000)
 
     def forget(m):  # drop the NumPy engine's memos: predict and learn both step
@@ -778,6 +782,17 @@ def _apart_text(row: dict, what: str, extra: str = "") -> str:
     )
 
 
+def _kernels_text(p: dict) -> str:
+    """Whether the eager rows' memory step ran in numba kernels (older runs: no)."""
+    if not p.get("eager_memory_kernels"):
+        return ""
+    return (
+        " Eager (uncompiled) rows: the memory step runs in the numba kernels of "
+        "`sk_mann._memory_op` (forward and hand-written backward); a compiled "
+        "step keeps inductor's fused loops."
+    )
+
+
 def write_markdown(p: dict) -> None:
     wt = p["weight_traffic"]
     lines = [
@@ -809,7 +824,7 @@ def write_markdown(p: dict) -> None:
         "here with an empty kernel cache (later runs on the same machine reuse "
         "the cached kernels and start in seconds). The last column times an "
         "eager network in alternation with the compiled one, step for step, so "
-        "the speed-up is read under the same machine load.",
+        "the speed-up is read under the same machine load." + _kernels_text(p),
     ]
     lines += _cpp_wrapper_lines(p.get("cpp_wrapper_training"))
     lines += _parallel_lines(p.get("parallel_training"), p)
@@ -1029,6 +1044,7 @@ def main() -> None:
     rounds = StreamingRounds(args.stream, args.stream_rounds)
     rounds.round()
     payload = {"threads": args.threads, "matmul_peak_gflops": matmul_peak()}
+    payload["eager_memory_kernels"] = _memory_op.AVAILABLE and _memory_op.ENABLED
     print(f"matmul peak: {payload['matmul_peak_gflops']:.0f} GFLOP/s")
     payload["flops_per_episode"] = flops_per_episode()
     payload["training"] = train_throughput(args.batch_sizes, args.iters)

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from . import _memory_op
 from . import memory as mem
 
 __all__ = [
@@ -201,8 +202,14 @@ class MANN(nn.Module):
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, c
 
-    def _core(self, proj: Tensor, state: MANNState) -> tuple[Tensor, MANNState]:
-        """One step after the input projection: returns ``o_t = [h_t ; r_t]``."""
+    def _core(
+        self, proj: Tensor, state: MANNState, kernel: bool = False
+    ) -> tuple[Tensor, MANNState]:
+        """One step after the input projection: returns ``o_t = [h_t ; r_t]``.
+
+        ``kernel``: the memory step by :mod:`sk_mann._memory_op` (the state's
+        memory then transposed, ``(batch, width, slots)``).
+        """
         h, c = self._controller(proj, state)
         batch = h.shape[0]
         r, w = self.n_reads, self.slot_size
@@ -217,15 +224,27 @@ class MANN(nn.Module):
         strength = (
             torch.nn.functional.softplus(head[:, -r:]) if self.key_strength else None
         )
-        reads, memory = mem.lrua_step_fused(
-            state.memory,
-            keys,
-            gate,
-            content,
-            gamma=self.gamma,
-            read_after_write=self.read_after_write,
-            strength=strength,
-        )
+        if kernel:
+            reads, parts = _memory_op.lrua_memory_step(
+                *state.memory,
+                keys,
+                gate,
+                content,
+                strength,
+                gamma=self.gamma,
+                read_after_write=self.read_after_write,
+            )
+            memory = mem.MemoryState(*parts)
+        else:
+            reads, memory = mem.lrua_step_fused(
+                state.memory,
+                keys,
+                gate,
+                content,
+                gamma=self.gamma,
+                read_after_write=self.read_after_write,
+                strength=strength,
+            )
         reads = reads.reshape(batch, r * w)
         return torch.cat([h, reads], dim=-1), MANNState(h, c, reads, memory)
 
@@ -238,11 +257,22 @@ class MANN(nn.Module):
         """Run episodes from a wiped memory; logits ``(batch, T, n_outputs)``."""
         proj = self.input_proj(torch.cat([x, label_in], dim=-1))
         state = self.initial_state(x.shape[0])
+        # The memory step's kernels pay in eager mode; compiled, inductor's
+        # fused loops do better than a call out of the graph (speed notes).
+        kernel = (
+            _memory_op.ENABLED
+            and not torch.compiler.is_compiling()
+            and _memory_op.usable(proj)
+        )
+        if kernel:  # the kernel keeps the memory transposed
+            m = state.memory
+            mem_t = m.memory.transpose(1, 2).contiguous()
+            state = state._replace(memory=m._replace(memory=mem_t))
         outs = []
         # unbind (not proj[:, t]): indexing would make autograd allocate a
         # zero tensor of the full projection for every step in backward.
         for proj_t in proj.unbind(1):
-            o, state = self._core(proj_t, state)
+            o, state = self._core(proj_t, state, kernel)
             outs.append(o)
         return self.output(torch.stack(outs, dim=1))
 
