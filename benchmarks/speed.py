@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -951,8 +952,6 @@ def _fresh_kernel_cache() -> None:
 
 def _merge_apart(key: str, row: dict) -> None:
     """Put ``row``, measured apart from a full run, into ``speed.json``."""
-    import json
-
     path = RESULTS / "speed.json"
     payload = json.loads(path.read_text())
     meta = metadata()
@@ -961,6 +960,15 @@ def _merge_apart(key: str, row: dict) -> None:
     write_json("speed", payload)
     write_markdown(payload)
     plot(payload)
+
+
+def _keep_apart_rows(payload: dict, previous: dict) -> dict:
+    """Rows of ``previous`` measured apart (``_merge_apart``) that ``payload``
+    has not measured again, kept with their own command, date and commit."""
+    for key, row in previous.items():
+        if key not in payload and isinstance(row, dict) and "measured_apart" in row:
+            payload[key] = row
+    return payload
 
 
 def remeasure_parallel(args: argparse.Namespace) -> None:
@@ -1073,6 +1081,9 @@ def main() -> None:
     payload["state_growth"] = state_growth(args.stream_samples)
     payload["cuda"] = torch.cuda.is_available()
     payload.update(metadata())
+    previous = RESULTS / "speed.json"
+    if previous.exists():
+        payload = _keep_apart_rows(payload, json.loads(previous.read_text()))
     write_json("speed", payload)
     write_markdown(payload)
     plot(payload)

@@ -493,3 +493,20 @@ def test_table1_evaluate_keeps_the_rows_added_by_add(table1, tmp_path, monkeypat
     assert all(
         r["n_episodes"] == 2 for k, r in results.items() if k != "[extension] kept"
     )
+
+
+def test_speed_full_run_keeps_rows_measured_apart(small_speed):
+    """A full speed.py run keeps a row measured apart that it does not measure
+    itself (with that row's own command), and replaces one it measures."""
+    apart = {"one_process": 1.0, "measured_apart": {"command": "speed.py --x"}}
+    previous = {
+        "parallel_training_cpp_wrapper": apart,
+        "parallel_training": {"old": True, "measured_apart": {}},
+        "training": [],
+        "matmul_peak_gflops": 1.0,
+    }
+    payload = {"parallel_training": {"new": True}, "matmul_peak_gflops": 2.0}
+    out = small_speed._keep_apart_rows(payload, previous)
+    assert out["parallel_training_cpp_wrapper"] is apart
+    assert out["parallel_training"] == {"new": True}
+    assert out["matmul_peak_gflops"] == 2.0 and "training" not in out
