@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the training pass: 1.7-2.3x faster on a CPU after a "
+        help="torch.compile the training pass: 1.4-1.9x faster on a CPU after a "
         "one-off compilation of a few minutes (needs a C++ compiler)",
     )
     g.add_argument(
