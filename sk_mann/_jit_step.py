@@ -37,6 +37,7 @@ import numpy as np
 
 __all__ = [
     "AVAILABLE",
+    "safe_threads",
     "all_finite",
     "batch_lstm",
     "batch_read_weights",
@@ -53,6 +54,29 @@ try:  # pragma: no branch - which branch runs depends on the environment
     AVAILABLE = True
 except ImportError:  # pragma: no cover - exercised where numba is absent
     AVAILABLE = False
+
+#: The process that first ran one of numba's parallel regions here (or in
+#: :mod:`sk_mann._memory_op`); see :func:`safe_threads`.
+_PARALLEL_PID: int | None = None
+
+
+def safe_threads(n: int) -> int:
+    """``n`` threads for a parallel kernel, or 1 in a process forked too late.
+
+    numba's OpenMP threading layer terminates a forked process that starts a
+    parallel region after its parent ran one ("Terminating: fork() called
+    from a process already using GNU OpenMP"): a process forked after this
+    one's kernels ran on threads runs them on one thread (same results: the
+    kernels' sums do not depend on the split).
+    """
+    global _PARALLEL_PID
+    if n <= 1:
+        return 1
+    pid = os.getpid()
+    if _PARALLEL_PID is None:
+        _PARALLEL_PID = pid
+    return n if _PARALLEL_PID == pid else 1
+
 
 _EPS = 1e-8  # same guard as sk_mann.memory._EPS
 #: 1 / k! (the Taylor coefficients of exp).

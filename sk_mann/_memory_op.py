@@ -345,18 +345,16 @@ if AVAILABLE:
     backward_1 = njit(**_OPTS)(_renamed(_backward, "backward_1"))
 
 
-#: The process that started numba's threads; a process forked from it runs
-#: the one-thread kernels (numba's OpenMP pool would terminate it).
-_PARALLEL_PID: int | None = None
-
-
 def _kernels() -> tuple:
-    """The kernels for torch's number of threads (numba's set to match)."""
-    global _PARALLEL_PID
+    """The kernels for torch's number of threads (numba's set to match).
+
+    One thread in a process forked after a parallel region ran
+    (:func:`sk_mann._jit_step.safe_threads`).
+    """
     threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    if threads <= 1 or _PARALLEL_PID not in (None, os.getpid()):
+    threads = _jit_step.safe_threads(threads)
+    if threads <= 1:
         return forward_1, backward_1
-    _PARALLEL_PID = os.getpid()
     if numba.get_num_threads() != threads:
         numba.set_num_threads(threads)
     return forward, backward

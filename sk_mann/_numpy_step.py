@@ -455,7 +455,8 @@ class NumpyMANN:
             if terms is None:
                 terms = self.label_terms(label)
             rec, w_rec = self._rec_of(state)
-            return _jit_step.prepare(terms, w_rec, rec, self._H, self.n_threads)
+            threads = _jit_step.safe_threads(self.n_threads)
+            return _jit_step.prepare(terms, w_rec, rec, self._H, threads)
         base = self.b_in + np.ravel(label) @ self.w_label_t
         if self.w_rec_t is not None:
             base += self._rec_input(state.h[0], state.reads[0]) @ self.w_rec_t
@@ -516,7 +517,7 @@ class NumpyMANN:
                 self._gamma,
                 m.n_reads,
                 self._lstm,
-                self.n_threads,
+                _jit_step.safe_threads(self.n_threads),
                 self._reverse,
                 self.w_in,
                 w_rec,

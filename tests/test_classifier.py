@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import pickle
 import warnings
 
@@ -1385,6 +1386,30 @@ def test_n_jobs_changes_no_prediction(data, fitted, monkeypatch):
         two.learn_one(x, yn[i])
     np.testing.assert_array_equal(one.predict_proba(Xn), two.predict_proba(Xn))
     assert len(Xn) > 2 * 7
+
+
+@pytest.mark.skipif(
+    not (_jit_step.AVAILABLE and hasattr(os, "fork")), reason="needs numba, fork"
+)
+def test_a_forked_process_streams_after_the_parent_used_threads(data, fitted):
+    """numba's OpenMP pool terminates a forked child that starts a parallel
+    region after its parent ran one: a child of a process that streamed with
+    ``n_jobs=2`` streams on one thread, with the same probabilities."""
+    _, _, Xn, yn = data
+    two = copy.deepcopy(fitted).set_params(n_jobs=2)
+    for i in range(3):  # the parent runs the threaded kernels
+        two.learn_one(as_dict(Xn[i]), yn[i])
+    want = copy.deepcopy(two).predict_proba_one(as_dict(Xn[3]))
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            code = 0 if two.predict_proba_one(as_dict(Xn[3])) == want else 2
+            two.learn_one(as_dict(Xn[3]), yn[3])
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_string_label_stream_equals_torch_stream(data):
