@@ -267,6 +267,46 @@ def parallel_training(
     return out
 
 
+def _eager_memory_steps(iters: int) -> dict:
+    """Eager batch-16 training with each memory step, alternated step for step:
+    the reference LRUA step, the fused one, and (with numba) the kernels."""
+    import sk_mann.model as model_mod
+    from sk_mann import memory as mem
+
+    fused, kernels = model_mod.mem.lrua_step_fused, _memory_op.ENABLED
+    variants = {"reference lrua_step": (mem.lrua_step, False)}
+    variants["lrua_step_fused"] = (fused, False)
+    if _memory_op.AVAILABLE:
+        variants["memory step kernels (numba, sk_mann._memory_op)"] = (fused, True)
+
+    def use(step, enabled):
+        model_mod.mem.lrua_step_fused = step
+        _memory_op.ENABLED = enabled
+
+    setups, times = {}, {name: [] for name in variants}
+    try:
+        for name, variant in variants.items():
+            use(*variant)
+            setups[name] = _training_setup(16, False)[0]
+        for _ in range(iters):
+            for name, variant in variants.items():
+                use(*variant)
+                times[name].append(_timed_iteration(setups[name]))
+    finally:
+        use(fused, kernels)
+    out = {}
+    for name, ts in times.items():
+        med = float(np.median(ts))
+        out[f"train batch 16, {name}"] = {
+            "batch_size": 16,
+            "seconds_per_step": med,
+            "episodes_per_s": 16 / med,
+            "alternated_steps": iters,
+        }
+        print(f"train batch 16, {name}: {16 / med:.0f} episodes/s (alternated)")
+    return out
+
+
 def optimisations(iters: int) -> dict:
     """Before/after of each optimisation, measured in this run.
 
@@ -275,23 +315,7 @@ def optimisations(iters: int) -> dict:
     of the eager training step's memory kernels), and the torch step in the
     estimator's streaming path.
     """
-    import sk_mann.model as model_mod
-    from sk_mann import memory as mem
-
-    out = {}
-    fused = model_mod.mem.lrua_step_fused
-    kernel = _memory_op.ENABLED
-    steps = [("reference lrua_step", mem.lrua_step), ("lrua_step_fused", fused)]
-    if _memory_op.AVAILABLE:
-        steps.append(("memory step kernels (numba, sk_mann._memory_op)", None))
-    for name, step in steps:
-        model_mod.mem.lrua_step_fused = step or fused
-        _memory_op.ENABLED = step is None
-        try:
-            out[f"train batch 16, {name}"] = train_throughput([16], iters)[0]
-        finally:
-            model_mod.mem.lrua_step_fused = fused
-            _memory_op.ENABLED = kernel
+    out = _eager_memory_steps(2 * iters)
     xs, ys, _ = _stream(1000)
 
     def forget(m):  # drop the NumPy engine's memos: predict and learn both step
@@ -791,6 +815,25 @@ def _apart_text(row: dict, what: str, extra: str = "") -> str:
     )
 
 
+def _optimisations_note(opt: dict) -> str:
+    """How the optimisations table was measured (older runs: no note)."""
+    note = ""
+    rows = [v for v in opt.values() if isinstance(v, dict)]
+    steps = max((v.get("alternated_steps", 0) for v in rows), default=0)
+    if steps:
+        note += (
+            f" (the training rows alternated step for step, {steps} steps "
+            "each; the streaming rows one after the other)"
+        )
+    apart = opt.get("measured_apart")
+    if apart:
+        note += (
+            f"; measured apart from the rest of the run, by `{apart['command']}` "
+            f"on {apart['date']} (commit {apart['git_commit']})"
+        )
+    return note
+
+
 def _kernels_text(p: dict) -> str:
     """Whether the eager rows' memory step ran in numba kernels (older runs: no)."""
     if not p.get("eager_memory_kernels"):
@@ -869,12 +912,16 @@ def write_markdown(p: dict) -> None:
         ]
     lines += [
         "",
-        "Optimisations, before and after, measured in this run:",
+        "Optimisations, before and after, measured in this run"
+        + _optimisations_note(p["optimisations"])
+        + ":",
         "",
         "| measurement | value |",
         "|---|---|",
     ]
     for k, v in p["optimisations"].items():
+        if k == "measured_apart":
+            continue
         val = (
             f"{v['episodes_per_s']:.0f} episodes/s"
             if "episodes_per_s" in v
@@ -1041,6 +1088,12 @@ def main() -> None:
         "commit)",
     )
     ap.add_argument(
+        "--optimisations-only",
+        action="store_true",
+        help="re-measure only the optimisations table and put it into the "
+        "existing results (it records its own command, date and commit)",
+    )
+    ap.add_argument(
         "--cpp-wrapper",
         action="store_true",
         help="with --parallel-only: both settings compiled with inductor's C++ "
@@ -1052,6 +1105,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.parallel_only:
         remeasure_parallel(args)
+        return
+    if args.optimisations_only:
+        _merge_apart("optimisations", optimisations(args.iters))
         return
     if args.cpp_wrapper_only:
         _fresh_kernel_cache()

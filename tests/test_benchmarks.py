@@ -510,3 +510,36 @@ def test_speed_full_run_keeps_rows_measured_apart(small_speed):
     assert out["parallel_training_cpp_wrapper"] is apart
     assert out["parallel_training"] == {"new": True}
     assert out["matmul_peak_gflops"] == 2.0 and "training" not in out
+
+
+def test_speed_eager_memory_steps_alternate_and_restore(small_speed, monkeypatch):
+    """The optimisations table's training rows: each memory step timed in
+    turn (the kernels only in their own row), the module state restored."""
+    from sk_mann import _memory_op
+    from sk_mann import memory as mem
+
+    fused, enabled = mem.lrua_step_fused, _memory_op.ENABLED
+    seen = []
+    real = small_speed._timed_iteration
+
+    def spy(args):
+        seen.append((mem.lrua_step_fused.__name__, _memory_op.ENABLED))
+        return real(args)
+
+    monkeypatch.setattr(small_speed, "_timed_iteration", spy)
+    monkeypatch.setattr(small_speed, "T", 3)
+    network = {k: v for k, v in small_speed.PAPER.items() if k != "n_episodes"}
+    monkeypatch.setattr(small_speed, "PAPER", network)
+    out = small_speed._eager_memory_steps(2)
+    want = [("lrua_step", False), ("lrua_step_fused", False)]
+    if _memory_op.AVAILABLE:
+        want.append(("lrua_step_fused", True))
+    assert seen == want * 2
+    assert len(out) == len(want)
+    assert all(r["alternated_steps"] == 2 for r in out.values())
+    assert mem.lrua_step_fused is fused and _memory_op.ENABLED == enabled
+    apart = {"command": "speed.py --optimisations-only", "date": "d", "git_commit": "c"}
+    note = small_speed._optimisations_note({**out, "measured_apart": apart})
+    assert "alternated step for step, 2 steps" in note
+    assert "`speed.py --optimisations-only`" in note
+    assert small_speed._optimisations_note({"x": {"median_us": 1.0}}) == ""
