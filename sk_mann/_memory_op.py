@@ -333,12 +333,11 @@ if AVAILABLE:
             )  # fmt: skip
         return g_mem, g_rw_prev, g_keys, g_gate, g_content, g_beta
 
-    # Each kernel twice: episodes over threads, and in one thread. A process
-    # forked after a parallel region has run (meta_train's workers, a
-    # multiprocessing pool) must not start one: numba's OpenMP pool
-    # terminates such a process.
-    # numba's on-disk cache knows a function by its name (and line), not by
-    # its compile flags: each variant gets a name of its own.
+    # Each kernel twice: episodes over threads, and in one thread (for one
+    # torch thread, and for a process forked after a parallel region ran,
+    # which numba's OpenMP pool would terminate). numba's on-disk cache knows
+    # a function by its name and line, not by its compile flags, so each
+    # variant gets a name of its own.
     forward = njit(**_OPTS, parallel=True)(_renamed(_forward, "forward"))
     backward = njit(**_OPTS, parallel=True)(_renamed(_backward, "backward"))
     forward_1 = njit(**_OPTS)(_renamed(_forward, "forward_1"))
@@ -361,6 +360,7 @@ def _kernels() -> tuple:
 
 
 def _arrays(*tensors: Tensor) -> list[np.ndarray]:
+    """Contiguous NumPy views (copies where not contiguous) for the kernels."""
     return [t.detach().contiguous().numpy() for t in tensors]
 
 
