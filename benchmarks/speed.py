@@ -817,21 +817,15 @@ def _apart_text(row: dict, what: str, extra: str = "") -> str:
 
 def _optimisations_note(opt: dict) -> str:
     """How the optimisations table was measured (older runs: no note)."""
-    note = ""
     rows = [v for v in opt.values() if isinstance(v, dict)]
     steps = max((v.get("alternated_steps", 0) for v in rows), default=0)
-    if steps:
-        note += (
-            f" (the training rows alternated step for step, {steps} steps "
-            "each; the streaming rows one after the other)"
-        )
-    apart = opt.get("measured_apart")
-    if apart:
-        note += (
-            f"; measured apart from the rest of the run, by `{apart['command']}` "
-            f"on {apart['date']} (commit {apart['git_commit']})"
-        )
-    return note
+    note = (
+        f" The training rows alternated step for step, {steps} steps each; the "
+        "streaming rows one after the other."
+        if steps
+        else ""
+    )
+    return note + _apart_text(opt, "table")
 
 
 def _kernels_text(p: dict) -> str:
@@ -912,9 +906,7 @@ def write_markdown(p: dict) -> None:
         ]
     lines += [
         "",
-        "Optimisations, before and after, measured in this run"
-        + _optimisations_note(p["optimisations"])
-        + ":",
+        "Optimisations, before and after, measured in this run:",
         "",
         "| measurement | value |",
         "|---|---|",
@@ -928,6 +920,8 @@ def write_markdown(p: dict) -> None:
             else f"median {v['median_us']:.0f} us, p99 {v['p99_us']:.0f} us"
         )
         lines.append(f"| {k} | {val} |")
+    note = _optimisations_note(p["optimisations"]).strip()
+    lines += ["", note] if note else []
     lines += [
         "",
         f"Batch `predict`: {p['streaming']['batch_predict_rows_per_s']:.0f} rows/s"

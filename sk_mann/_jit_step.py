@@ -55,9 +55,20 @@ try:  # pragma: no branch - which branch runs depends on the environment
 except ImportError:  # pragma: no cover - exercised where numba is absent
     AVAILABLE = False
 
-#: The process that first ran one of numba's parallel regions here (or in
-#: :mod:`sk_mann._memory_op`); see :func:`safe_threads`.
-_PARALLEL_PID: int | None = None
+#: Whether this process has run one of numba's parallel regions (here or in
+#: :mod:`sk_mann._memory_op`), and whether it was forked from one that had;
+#: see :func:`safe_threads`.
+_RAN_PARALLEL = False
+_FORKED_AFTER_PARALLEL = False
+
+
+def _after_fork_in_child() -> None:
+    global _FORKED_AFTER_PARALLEL
+    _FORKED_AFTER_PARALLEL = _FORKED_AFTER_PARALLEL or _RAN_PARALLEL
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def safe_threads(n: int) -> int:
@@ -69,13 +80,11 @@ def safe_threads(n: int) -> int:
     one's kernels ran on threads runs them on one thread (same results: the
     kernels' sums do not depend on the split).
     """
-    global _PARALLEL_PID
-    if n <= 1:
+    global _RAN_PARALLEL
+    if n <= 1 or _FORKED_AFTER_PARALLEL:
         return 1
-    pid = os.getpid()
-    if _PARALLEL_PID is None:
-        _PARALLEL_PID = pid
-    return n if _PARALLEL_PID == pid else 1
+    _RAN_PARALLEL = True
+    return n
 
 
 _EPS = 1e-8  # same guard as sk_mann.memory._EPS

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from . import _jit_step
+from .memory import MemoryState
 
 __all__ = ["AVAILABLE", "lrua_memory_step", "usable"]
 
@@ -368,7 +369,8 @@ class _LRUAStep(torch.autograd.Function):
     """:func:`forward` and :func:`backward` as one autograd node.
 
     Inputs: ``mem_t, usage, rw_prev, lu_prev, keys, gate, content, beta,
-    gamma, raw``; the usage and the least-used mask get no gradient (the
+    gamma, raw`` (a :class:`~sk_mann.memory.MemoryState`'s fields in order,
+    then the step's); the usage and the least-used mask get no gradient (the
     reference step uses them only through argmins).
     """
 
@@ -397,40 +399,23 @@ class _LRUAStep(torch.autograd.Function):
 
 
 def lrua_memory_step(
-    mem_t: Tensor,
-    usage: Tensor,
-    read_w: Tensor,
-    least_used: Tensor,
+    state: MemoryState,
     keys: Tensor,
     gate: Tensor,
     content: Tensor,
-    strength: Tensor | None,
     *,
-    gamma: float,
-    read_after_write: bool,
-) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    gamma: float = 0.95,
+    read_after_write: bool = True,
+    strength: Tensor | None = None,
+) -> tuple[Tensor, MemoryState]:
     """:func:`sk_mann.memory.lrua_step_fused` with the memory transposed.
 
-    Parameters
-    ----------
-    mem_t : Tensor of shape (batch, width, slots)
-        ``M_{t-1}`` transposed.
-    usage, read_w, least_used : the rest of the state after step ``t-1``
-        (shapes as in :class:`sk_mann.memory.MemoryState`).
-    keys, gate, content, strength : as for :func:`sk_mann.memory.lrua_step`
-        (``strength`` None: the paper's read).
-    gamma, read_after_write : as for :func:`sk_mann.memory.lrua_step`.
-
-    Returns
-    -------
-    reads : Tensor of shape (batch, heads, width)
-    state : ``(new_mem_t, usage, read_w, least_used)``, the memory transposed.
+    Same arguments and results, except that ``state.memory`` (in and out) is
+    ``M`` transposed, of shape ``(batch, width, slots)``.
     """
     if strength is None:
         strength = keys.new_ones(keys.shape[:2])
-    out = _LRUAStep.apply(
-        mem_t, usage, read_w, least_used, keys, gate, content, strength,
-        float(gamma), bool(read_after_write),
-    )  # fmt: skip
-    reads, new_t, new_read_w, new_usage, new_least_used = out
-    return reads, (new_t, new_usage, new_read_w, new_least_used)
+    reads, new_t, read_w, usage, least_used = _LRUAStep.apply(
+        *state, keys, gate, content, strength, float(gamma), bool(read_after_write)
+    )
+    return reads, MemoryState(new_t, usage, read_w, least_used)

@@ -224,27 +224,16 @@ class MANN(nn.Module):
         strength = (
             torch.nn.functional.softplus(head[:, -r:]) if self.key_strength else None
         )
-        if kernel:
-            reads, parts = _memory_op.lrua_memory_step(
-                *state.memory,
-                keys,
-                gate,
-                content,
-                strength,
-                gamma=self.gamma,
-                read_after_write=self.read_after_write,
-            )
-            memory = mem.MemoryState(*parts)
-        else:
-            reads, memory = mem.lrua_step_fused(
-                state.memory,
-                keys,
-                gate,
-                content,
-                gamma=self.gamma,
-                read_after_write=self.read_after_write,
-                strength=strength,
-            )
+        memory_step = _memory_op.lrua_memory_step if kernel else mem.lrua_step_fused
+        reads, memory = memory_step(
+            state.memory,
+            keys,
+            gate,
+            content,
+            gamma=self.gamma,
+            read_after_write=self.read_after_write,
+            strength=strength,
+        )
         reads = reads.reshape(batch, r * w)
         return torch.cat([h, reads], dim=-1), MANNState(h, c, reads, memory)
 

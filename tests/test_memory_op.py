@@ -53,20 +53,19 @@ def _chain(inputs, slots, raw, strength, own_content, kernel, dtype):
     """Reads of every step and the last memory, from a wiped memory."""
     batch, heads, width = inputs[0][0].shape
     state = mem.initial_state(batch, slots, width, heads, dtype=dtype)
-    parts = (state.memory.transpose(1, 2).contiguous(), *state[1:])
+    if kernel:
+        state = state._replace(memory=state.memory.transpose(1, 2).contiguous())
     reads = []
     for raw_keys, raw_gate, raw_content, raw_beta in inputs:
         keys, gate = torch.tanh(raw_keys), torch.sigmoid(raw_gate)
         content = torch.tanh(raw_content) if own_content else keys
         beta = torch.nn.functional.softplus(raw_beta) if strength else None
         kw = {"gamma": 0.95, "read_after_write": raw}
-        if kernel:
-            r, parts = op.lrua_memory_step(*parts, keys, gate, content, beta, **kw)
-        else:
-            r, state = mem.lrua_step(state, keys, gate, content, strength=beta, **kw)
+        step = op.lrua_memory_step if kernel else mem.lrua_step
+        r, state = step(state, keys, gate, content, strength=beta, **kw)
         reads.append(r)
     if kernel:
-        state = mem.MemoryState(parts[0].transpose(1, 2), *parts[1:])
+        state = state._replace(memory=state.memory.transpose(1, 2))
     return torch.stack(reads), state
 
 
@@ -121,11 +120,9 @@ def test_gradcheck():
     usage = rand(b, n, grad=False)
 
     def step(mem_t, read_w, keys, gate, content, strength):
-        reads, (new_t, _, new_read_w, _) = op.lrua_memory_step(
-            mem_t, usage, read_w, least_used, keys, gate, content, strength,
-            gamma=0.95, read_after_write=True,
-        )  # fmt: skip
-        return reads, new_t, new_read_w
+        state = mem.MemoryState(mem_t, usage, read_w, least_used)
+        reads, new = op.lrua_memory_step(state, keys, gate, content, strength=strength)
+        return reads, new.memory, new.read_weights
 
     inputs = (
         rand(b, w, n),
