@@ -1004,7 +1004,8 @@ def _merge_apart(key: str, row: dict) -> None:
     path = RESULTS / "speed.json"
     payload = json.loads(path.read_text())
     meta = metadata()
-    row["measured_apart"] = {k: meta[k] for k in ("command", "date", "git_commit")}
+    keys = ("command", "date", "git_commit", "machine")
+    row["measured_apart"] = {k: meta[k] for k in keys}
     payload[key] = row
     write_json("speed", payload)
     write_markdown(payload)
@@ -1013,9 +1014,18 @@ def _merge_apart(key: str, row: dict) -> None:
 
 def _keep_apart_rows(payload: dict, previous: dict) -> dict:
     """Rows of ``previous`` measured apart (``_merge_apart``) that ``payload``
-    has not measured again, kept with their own command, date and commit."""
+    has not measured again, kept with their own command, date and commit.
+
+    Only rows measured on the same CPU model as ``payload``: sessions run on
+    different hosts, and a table must not mix them. A row that did not record
+    its machine (before session 16) counts as measured on ``previous``'s.
+    """
+    cpu = payload.get("machine", {}).get("cpu_model")
     for key, row in previous.items():
-        if key not in payload and isinstance(row, dict) and "measured_apart" in row:
+        if key in payload or not isinstance(row, dict) or "measured_apart" not in row:
+            continue
+        machine = row["measured_apart"].get("machine") or previous.get("machine", {})
+        if machine.get("cpu_model") == cpu:
             payload[key] = row
     return payload
 

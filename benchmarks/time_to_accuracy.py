@@ -34,6 +34,8 @@ import torch
 from _common import (
     RESULTS,
     RUNS,
+    cpu_caches,
+    cpu_model,
     default_data_home,
     metadata,
     produced_by,
@@ -120,6 +122,9 @@ def train(args: argparse.Namespace) -> None:
         "train_episode_length": N_WAY * args.per_class,
         "network": args.network,
         "note": None,
+        # Sessions run on different hosts: the CPU tells runs apart.
+        "cpu": cpu_model(),
+        "caches": cpu_caches(),
     }
     ckpt.mkdir(parents=True, exist_ok=True)
     (ckpt / "config.json").write_text(json.dumps(config, indent=2))
@@ -271,6 +276,16 @@ def _seed(config: dict) -> str:
     return f"seed {seed}" if seed else ""
 
 
+def _cpu(config: dict) -> str:
+    """The run's CPU, e.g. "Intel(R) Xeon(R) Processor, L2 2048K" (runs before
+    session 16 did not record it)."""
+    model = config.get("cpu")
+    if not model:
+        return "not recorded"
+    l2 = (config.get("caches") or {}).get("L2")
+    return model + (f", L2 {l2}" if l2 else "")
+
+
 def write_markdown(payload: dict) -> None:
     cols = [INSTANCES.index(i) for i in TABLE_INSTANCES]
     head = " / ".join(f"{i}" for i in TABLE_INSTANCES)
@@ -281,8 +296,9 @@ def write_markdown(payload: dict) -> None:
         "1201-1623, instances " + head + ".",
         "",
         "| run | batch | train steps | lr (schedule) | compiled | episodes "
-        "| train min | wall min | episodes/s | accuracy | 2nd >= 82.8 in <= 15 min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| train min | wall min | episodes/s | accuracy | 2nd >= 82.8 in <= 15 min "
+        "| CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in payload["runs"].items():
         c = r["config"]
@@ -305,7 +321,7 @@ def write_markdown(payload: dict) -> None:
             f"| {'' if wall is None else f'{wall:.1f}'} "
             f"| {r['episodes_per_second']:.0f} "
             f"| {' / '.join(f'{acc[i]:.1f}' for i in cols)} "
-            f"| {'yes' if met else 'no'} |"
+            f"| {'yes' if met else 'no'} | {_cpu(c)} |"
         )
     carried = sorted(
         {

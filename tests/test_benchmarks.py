@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -512,6 +513,21 @@ def test_speed_full_run_keeps_rows_measured_apart(small_speed):
     assert out["matmul_peak_gflops"] == 2.0 and "training" not in out
 
 
+def test_speed_full_run_drops_rows_measured_on_another_cpu(small_speed):
+    """Rows measured apart on another host are not mixed into a new run's
+    tables; a row without its own machine counts as the previous run's."""
+    here, there = {"cpu_model": "Intel X"}, {"cpu_model": "AMD EPYC"}
+    mine = {"a": 1, "measured_apart": {"command": "c", "machine": here}}
+    theirs = {"a": 2, "measured_apart": {"command": "c", "machine": there}}
+    unrecorded = {"a": 3, "measured_apart": {"command": "c"}}
+    previous = {"mine": mine, "theirs": theirs, "old": unrecorded, "machine": there}
+    out = small_speed._keep_apart_rows({"machine": here}, previous)
+    assert out["mine"] is mine
+    assert "theirs" not in out and "old" not in out
+    out = small_speed._keep_apart_rows({"machine": there}, dict(previous))
+    assert "mine" not in out and out["theirs"] is theirs and out["old"] is unrecorded
+
+
 def test_speed_eager_memory_steps_alternate_and_restore(small_speed, monkeypatch):
     """The optimisations table's training rows: each memory step timed in
     turn (the kernels only in their own row), the module state restored."""
@@ -543,3 +559,135 @@ def test_speed_eager_memory_steps_alternate_and_restore(small_speed, monkeypatch
     assert "alternated step for step, 2 steps" in note
     assert "`speed.py --optimisations-only`" in note
     assert small_speed._optimisations_note({"x": {"median_us": 1.0}}) == ""
+
+
+@pytest.fixture
+def targets(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import targets
+
+    monkeypatch.setattr(targets, "RESULTS", tmp_path)
+
+    def write_json(name, payload):
+        (tmp_path / f"{name}.json").write_text(json.dumps(payload))
+
+    monkeypatch.setattr(targets, "write_json", write_json)
+    yield targets
+    sys.modules.pop("targets", None)
+
+
+def _speed_payload(b16=(250.0, 310.0), stream=(120.0, 95.0), predict=(9e4, 1.1e5)):
+    """A speed.json holding what targets.py reads."""
+    return {
+        "training": [
+            {"batch_size": 16, "compiled": False, "episodes_per_s": b16[0]},
+            {"batch_size": 64, "compiled": False, "episodes_per_s": 320.0},
+        ],
+        "training_compiled": [
+            {"batch_size": 16, "compiled": True, "episodes_per_s": b16[1]}
+        ],
+        "streaming": {
+            "MANN (sk_mann, n_jobs=None)": {"median_us": stream[0]},
+            "MANN (sk_mann, n_jobs=2)": {"median_us": stream[1]},
+            "[baseline] River KNNClassifier (default)": {"median_us": 3000.0},
+            "batch_predict_rows_per_s": predict[0],
+            "batch_predict_rows_per_s_n_jobs_2": predict[1],
+        },
+        "train_peak_rss_mib": 600.0,
+        "train_peak_rss_mib_compiled": 700.0,
+        "train_peak_memory_workers": {"peak_pss_sum_mib": 900.0},
+        "state_growth": [
+            {"samples": 1000, "state_bytes": 10},
+            {"samples": 1_000_000, "state_bytes": 10},
+        ],
+        "cuda": False,
+        "machine": {"cpu_model": "Intel X", "cpu_count": 2},
+        "command": "python speed.py",
+        "date": "today",
+        "git_commit": "abc",
+    }
+
+
+def _trial(second, cpu, batch=16, wall=14.9, network=None, minutes=15.0):
+    run = _run(second, 14.0, wall)
+    run["config"].update(batch_size=batch, cpu=cpu, network=network or {})
+    run["config"]["max_minutes"] = minutes
+    return run
+
+
+def _by_target(rows: list) -> dict:
+    return {r["target"]: r for r in rows}
+
+
+def test_targets_speed_verdicts_follow_the_thresholds(targets):
+    rows = _by_target(targets.verdicts(_speed_payload(), {"runs": {}}))
+    assert rows[">= 300 meta-training episodes/s at batch 16"]["met"]
+    stream = rows["predict_one + learn_one <= 100 us median"]
+    assert stream["met"] and stream["met_with"] == ["n_jobs=2"]
+    predict = rows["batch predict >= 100,000 rows/s"]
+    assert predict["met"] and predict["met_with"] == ["n_jobs=2"]
+    assert rows["peak memory of a meta-training run <= 1 GiB"]["met"]
+    assert rows["fast state O(slots x width) over 1M samples"]["met"]
+    assert rows["CUDA path measured where a GPU is available"]["met"] is None
+    slow = _speed_payload(b16=(250.0, 299.0), stream=(101.0, 100.5), predict=(9e4, 9e4))
+    slow["train_peak_memory_workers"]["peak_pss_sum_mib"] = 1100.0
+    slow["state_growth"][1]["state_bytes"] = 11
+    rows = _by_target(targets.verdicts(slow, {"runs": {}}))
+    for target in (
+        ">= 300 meta-training episodes/s at batch 16",
+        "predict_one + learn_one <= 100 us median",
+        "batch predict >= 100,000 rows/s",
+        "peak memory of a meta-training run <= 1 GiB",
+        "fast state O(slots x width) over 1M samples",
+    ):
+        assert rows[target]["met"] is False, target
+    short = _speed_payload()
+    short["state_growth"] = short["state_growth"][:1]  # 1,000 samples only
+    rows = _by_target(targets.verdicts(short, {"runs": {}}))
+    assert rows["fast state O(slots x width) over 1M samples"]["met"] is False
+
+
+def test_targets_time_trials_are_judged_on_the_speed_runs_cpu(targets):
+    tta = {
+        "runs": {
+            "elsewhere": _trial(0.85, "AMD EPYC"),
+            "old": _trial(0.86, None),
+            "here_missed": _trial(0.80, "Intel X"),
+            "here_late": _trial(0.90, "Intel X", wall=15.2),
+            "ks_here": _trial(0.84, "Intel X", network={"key_strength": True}),
+            "short_budget": _trial(0.90, "Intel X", minutes=10.0),
+        }
+    }
+    rows = _by_target(targets.verdicts(_speed_payload(), tta))
+    plain = rows["2nd instance >= 82.8% in <= 15 min, mann_add"]
+    assert plain["met"] is False  # the runs that met were on other CPUs
+    assert "this CPU: 0 of 2 runs met" in plain["measured"]
+    assert "other or unrecorded CPUs: 2 of 2 runs met" in plain["measured"]
+    ks = rows["2nd instance >= 82.8% in <= 15 min, mann_add (key_strength=true)"]
+    assert ks["met"] is True and "1 of 1" in ks["measured"]
+
+
+def test_targets_larger_batch_needs_a_time_trial_that_holds_accuracy(targets):
+    speed = _speed_payload()  # batch 64 eager at 320 episodes/s
+    row_name = ">= 300 episodes/s at a larger batch, if accuracy holds"
+    rows = _by_target(targets.verdicts(speed, {"runs": {}}))
+    assert rows[row_name]["met"] is False
+    tta = {"runs": {"b64": _trial(0.70, "Intel X", batch=64)}}
+    assert _by_target(targets.verdicts(speed, tta))[row_name]["met"] is False
+    tta["runs"]["b64_ok"] = _trial(0.83, "Intel X", batch=64)
+    assert _by_target(targets.verdicts(speed, tta))[row_name]["met"] is True
+    tta = {"runs": {"b64_amd": _trial(0.83, "AMD EPYC", batch=64)}}
+    assert _by_target(targets.verdicts(speed, tta))[row_name]["met"] is False
+
+
+def test_targets_page_names_both_runs(targets, tmp_path, monkeypatch):
+    speed = _speed_payload()
+    tta = {"runs": {"r": _trial(0.9, "Intel X")}, "command": "tta report"}
+    tta.update(date="d", git_commit="e")
+    (tmp_path / "speed.json").write_text(json.dumps(speed))
+    (tmp_path / "time_to_accuracy.json").write_text(json.dumps(tta))
+    targets.main()
+    page = (tmp_path / "targets.md").read_text()
+    assert "CPU: Intel X, 2 CPUs" in page and "`tta report`" in page
+    assert "| >= 300 meta-training episodes/s at batch 16 | eager 250, " in page
+    assert json.loads((tmp_path / "targets.json").read_text())["verdicts"]
