@@ -117,6 +117,10 @@ BENCHMARK_RESULTS = {
         "images": (),
         "command": "cd benchmarks && python priming.py",
     },
+    "targets": {
+        "images": (),
+        "command": "python benchmarks/targets.py",
+    },
     "time_to_accuracy": {
         "images": ("time_to_accuracy.png",),
         "command": (

@@ -181,7 +181,7 @@ class MANNOneShotClassifier(ClassifierMixin, BaseEstimator, river_base.Classifie
         Clip gradient elements to ``[-clip_value, clip_value]``.
     compile : bool or dict, default=False
         Meta-train through ``torch.compile`` (see
-        :func:`sk_mann.training.meta_train`): 1.4-1.9x faster on a CPU after a
+        :func:`sk_mann.training.meta_train`): 1.2-1.9x faster on a CPU after a
         one-off compilation of a few minutes, so worth it for long runs only.
         Needs a C++ compiler. Streaming and prediction are unaffected. A dict
         compiles with these ``torch.compile`` options (``meta_train``'s

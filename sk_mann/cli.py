@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the training pass: 1.4-1.9x faster on a CPU after a "
+        help="torch.compile the training pass: 1.2-1.9x faster on a CPU after a "
         "one-off compilation of a few minutes (needs a C++ compiler)",
     )
     g.add_argument(
@@ -340,8 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="W",
         help="processes sharing each batch, one thread each (data parallel; "
-        "Linux/macOS CPU; --batch-size must be a multiple): on a small CPU, one "
-        "per core trains faster than one process on all cores",
+        "Linux/macOS CPU; --batch-size must be a multiple): one per core was "
+        "1.08x one process on all cores on one 2-core host, no faster on "
+        "another; benchmarks/speed.py measures it",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("episodes and network")

@@ -350,9 +350,9 @@ def meta_train(
     compile : bool, default=False
         Run the training forward pass (and so its backward) through
         ``torch.compile``, which fuses each episode's many small operations into
-        a few generated kernels: 1.4-1.9x the episodes per second on a CPU
+        a few generated kernels: 1.2-1.9x the episodes per second on a CPU
         (against the eager step with numba's memory kernels; 2-2.6x without
-        numba), after a one-off compilation of a few minutes (3-6 on the 2-core
+        numba), after a one-off compilation of a few minutes (2-6 on the 2-core
         machine of the benchmarks; needs a C++ compiler). Only training
         batches use it; evaluation stays eager.
     compile_options : dict or None, default=None
