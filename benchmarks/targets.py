@@ -96,6 +96,7 @@ def larger_batches(speed: dict, tta: dict, cpu: str | None) -> dict:
         "measured": measured + ("; " + "; ".join(accuracy) if accuracy else ""),
         # Not judged while no batch fast enough has a time trial here.
         "met": any(map(_run_met, judged)) if judged else None,
+        "runs_met": [sum(map(_run_met, judged)), len(judged)],
     }
 
 
@@ -138,6 +139,7 @@ def time_trials(tta: dict, cpu: str | None) -> list[dict]:
                 + "; "
                 + summary(elsewhere[family], "other or unrecorded CPUs"),
                 "met": any(_run_met(r) for r in here[family]) if here[family] else None,
+                "runs_met": [sum(map(_run_met, here[family])), len(here[family])],
             }
         )
     return rows
@@ -242,6 +244,9 @@ def _verdict_text(row: dict) -> str:
     if row["met"] is None:
         return "not judged"
     text = _met(row["met"])
+    runs_met = row.get("runs_met")
+    if row["met"] and runs_met and runs_met[1] > 1:  # not every run: say so
+        text += f" by {runs_met[0]} of {runs_met[1]} runs"
     with_ = row.get("met_with")
     if row["met"] and with_ and len(with_) == 1:
         text += f" (with {with_[0]})"
